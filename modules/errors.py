@@ -1,0 +1,40 @@
+"""User-facing errors and the wrapper that turns them into one clear line instead of a traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from loguru import logger
+
+
+class SvcError(Exception):
+    """An error caused by the user's input or files; its message is shown as is, without a traceback."""
+
+
+class MissingPretrainedError(SvcError):
+    """A pretrained weight file the user has to download is not where it is expected."""
+
+
+class UnsafeFileError(SvcError):
+    """A model file holds something other than plain tensors and the few inert types its format needs."""
+
+
+class AudioError(SvcError):
+    """An audio file cannot be read or holds unusable samples."""
+
+
+class ConfigError(SvcError):
+    """A config file is missing, unreadable or inconsistent."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a script's main(): SvcError and Ctrl-C end with a message and a non-zero exit, not a traceback."""
+    try:
+        code = main()
+    except SvcError as error:
+        logger.error(str(error))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        logger.warning("interrupted")
+        sys.exit(130)
+    sys.exit(code or 0)

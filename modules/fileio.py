@@ -1,0 +1,74 @@
+"""Atomic writes (temp file + rename) and safe loading of torch files.
+
+Every output of a long job goes through `atomic_path`, so a killed run never leaves a half-written
+file under the final name, and a re-run can trust any file that exists.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from modules.errors import SvcError, UnsafeFileError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed over `path`, on error removed.
+
+    `suffix` keeps an extension some writers look at (soundfile picks the format from it).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix or ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def np_save(path: str | os.PathLike, array: Any, allow_pickle: bool = False) -> None:
+    """np.save to exactly `path` (no '.npy' appended), atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=allow_pickle)
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load that never executes code from the file (weights_only=True).
+
+    A file that needs anything beyond tensors, containers and plain numbers is refused with an
+    UnsafeFileError naming the file; a missing or corrupt file gives an SvcError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SvcError(f"file not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeFileError(
+            f"{path} holds objects that are not plain tensors ({_first_line(error)}); "
+            "it was not loaded, because loading it could run code from the file"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise SvcError(f"cannot read {path}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

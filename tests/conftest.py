@@ -1,0 +1,49 @@
+"""Shared test fixtures. Tests that need ../shared (spec vectors, fixtures, assets) skip without it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SVC_SHARED_DIR", REPO.parent / "shared"))
+SPEC = SHARED / "spec"
+VECTORS = SPEC / "vectors"
+FIXTURES = SPEC / "fixtures"
+ASSETS = SHARED / "assets"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason=f"needs the shared spec folder at {SHARED}")
+    for item in items:
+        if "shared" in item.keywords and not SPEC.is_dir():
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def vector():
+    """Load a reference vector by name from the spec's vectors/ folder."""
+    def load(name: str) -> np.ndarray:
+        return np.load(VECTORS / f"{name}.npy", allow_pickle=False)
+    return load
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    return json.loads((VECTORS / "manifest.json").read_text())
+
+
+def run_script(script: str, *args: str, cwd: Path | None = None, check: bool = True,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts as a user would, with this interpreter."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
