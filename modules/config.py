@@ -8,7 +8,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, MutableMapping
 
 import yaml
 
@@ -22,7 +22,7 @@ MODEL_FALLBACKS = {"speech_encoder": "vec768l12", "vol_embedding": False}
 DATA_FALLBACKS = {"unit_interpolate_mode": "left"}
 
 
-class HParams(Mapping[str, Any]):
+class HParams(MutableMapping[str, Any]):
     """A nested dict whose keys also read as attributes (`hps.train.batch_size`).
 
     Nested dicts become HParams; `to_dict()` gives plain containers back for saving.
@@ -62,11 +62,6 @@ class HParams(Mapping[str, Any]):
 
     def __deepcopy__(self, memo: dict) -> "HParams":
         return HParams(copy.deepcopy(self.to_dict(), memo))
-
-    def setdefault(self, key: str, default: Any) -> Any:
-        if key not in self._data:
-            self[key] = default
-        return self._data[key]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v.to_dict() if isinstance(v, HParams) else copy.deepcopy(v) for k, v in self._data.items()}

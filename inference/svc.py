@@ -1,0 +1,250 @@
+"""Conversion: load a trained model once, convert many inputs (spec §13).
+
+`Svc.convert_clip` converts one short clip; `Svc.convert` handles a whole recording the way 4.1's
+`slice_inference` does (silence slicing, padding, forced clips with crossfade, speaker-mix timelines).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from inference.loudness import mix_loudness
+from inference.spkmix import Timeline, mix_weights
+from modules.audio import resample
+from modules.config import load_model_config
+from modules.dsp import repeat_expand_2d, volume
+from modules.errors import ConfigError, SvcError
+from modules.fileio import safe_torch_load
+from modules.slicer import Slicer
+
+ENCODER_SR = 16000
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """Per-call controls; the names follow inference_main.py's long flags."""
+
+    speaker: str | int = 0               # speaker name or id (ignored with a speaker-mix timeline)
+    trans: float = 0.0                   # pitch shift in semitones
+    cluster_infer_ratio: float = 0.0     # 0..1 share of k-means centres / retrieved features
+    auto_predict_f0: bool = False        # use the model's F0 decoder (speech, not singing)
+    noice_scale: float = 0.4             # prior noise scale (4.1's spelling)
+    f0_predictor: str = "pm"
+    f0_filter_threshold: float = 0.05    # confidence threshold for crepe / rmvpe / fcpe
+    enhancer_adaptive_key: float = 0.0
+    loudness_envelope_adjustment: float = 1.0
+    k_step: int = 100                    # shallow-diffusion depth
+    second_encoding: bool = False
+    slice_db: float = -40.0
+    pad_seconds: float = 0.5
+    clip_seconds: float = 0.0
+    linear_gradient: float = 0.0         # crossfade seconds between forced clips
+    linear_gradient_retain: float = 0.75
+
+
+class Svc:
+    """A loaded So-VITS model with its speech encoder, optional cluster model, enhancer and diffusion."""
+
+    def __init__(self, model_path: str | Path, config_path: str | Path, device: str | torch.device | None = None,
+                 cluster_model_path: str | Path | None = None, feature_retrieval: bool = False,
+                 enhance: bool = False, enhancer_path: str | Path = "pretrain/nsf_hifigan/model",
+                 pretrain_dir: str | Path = "pretrain", diffusion=None):
+        from models import SynthesizerTrn, load_generator_weights
+        from vencoder import get_speech_encoder
+
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.config = load_model_config(config_path)
+        self.target_sample = int(self.config.data.sampling_rate)
+        self.hop_length = int(self.config.data.hop_length)
+        self.spk2id: dict[str, int] = {str(k): int(v) for k, v in self.config.spk.items()}
+        self.unit_interpolate_mode = self.config.data.unit_interpolate_mode
+        self.vol_embedding = bool(self.config.model.vol_embedding)
+        self.pretrain_dir = Path(pretrain_dir)
+
+        self.net_g = SynthesizerTrn.from_config(self.config)
+        load_generator_weights(self.net_g, safe_torch_load(model_path))
+        self.net_g.remove_weight_norm()
+        self.net_g.eval().to(self.device)
+        self.encoder = get_speech_encoder(self.config.model.speech_encoder, self.device, self.pretrain_dir)
+        self.cluster = _load_cluster(cluster_model_path, feature_retrieval)
+        self.feature_retrieval = feature_retrieval and self.cluster is not None
+        self.enhancer = None
+        if enhance:
+            from inference.enhancer import Enhancer
+            self.enhancer = Enhancer(enhancer_path, self.device)
+        self.diffusion = diffusion
+        self._f0_predictors: dict[tuple[str, float], object] = {}
+
+    # ----- one clip -----------------------------------------------------------------------------
+
+    def f0_predictor(self, name: str, threshold: float):
+        from f0_predictor import get_f0_predictor
+        key = (name, threshold)
+        if key not in self._f0_predictors:
+            self._f0_predictors = {key: get_f0_predictor(name, self.hop_length, self.target_sample,
+                                                         str(self.device), threshold, self.pretrain_dir)}
+        return self._f0_predictors[key]
+
+    def speaker_id(self, speaker: str | int) -> int:
+        if isinstance(speaker, str) and speaker in self.spk2id:
+            return self.spk2id[speaker]
+        try:
+            sid = int(speaker)
+        except (TypeError, ValueError):
+            sid = -1
+        if sid not in self.spk2id.values():
+            raise ConfigError(f"unknown speaker {speaker!r}; this model has: {', '.join(self.spk2id)}")
+        return sid
+
+    def units_f0(self, wav: np.ndarray, opts: ConversionOptions, sid: int | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """wav `[N]` at the model rate -> content `[1, D, T]`, f0 `[1, T]` (shifted), uv `[1, T]`."""
+        predictor = self.f0_predictor(opts.f0_predictor, opts.f0_filter_threshold)
+        f0, uv = predictor.compute_f0_uv(wav)
+        f0 = torch.from_numpy(f0 * 2 ** (opts.trans / 12)).float()[None].to(self.device)
+        uv = torch.from_numpy(uv).float()[None].to(self.device)
+        wav16k = torch.from_numpy(resample(wav, self.target_sample, ENCODER_SR))
+        units = self.encoder(wav16k)[0]                                            # [D, T_enc]
+        units = repeat_expand_2d(units, f0.shape[1], self.unit_interpolate_mode)  # [D, T]
+        if opts.cluster_infer_ratio > 0 and self.cluster is not None and sid is not None:
+            units = self._cluster_mix(units, sid, opts.cluster_infer_ratio)
+        return units[None].float(), f0, uv
+
+    def _cluster_mix(self, units: torch.Tensor, sid: int, ratio: float) -> torch.Tensor:
+        if self.feature_retrieval:
+            from cluster.feature_index import retrieval_mix
+            if sid not in self.cluster:
+                raise ConfigError(f"the feature index has no entry for speaker id {sid}")
+            return retrieval_mix(units.T, self.cluster[sid], ratio).T
+        from cluster.codebook import kmeans_mix
+        name = next(n for n, i in self.spk2id.items() if i == sid)
+        if name not in self.cluster:
+            raise ConfigError(f"the k-means model has no codebook for speaker '{name}'")
+        return kmeans_mix(units.T, self.cluster[name].to(units.device), ratio).T
+
+    def convert_clip(self, wav: np.ndarray, opts: ConversionOptions,
+                     mix: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Convert one clip `[N]` at the model rate. `mix`: per-frame speaker weights `[T, S]` (or None).
+
+        Returns (audio `[T * hop]` float32 at the model rate, number of frames T).
+        """
+        wav = np.asarray(wav, dtype=np.float32)
+        if len(wav) < self.hop_length:
+            return np.zeros(len(wav), dtype=np.float32), 0
+        sid = None if mix is not None else self.speaker_id(opts.speaker)
+        units, f0, uv = self.units_f0(wav, opts, sid)
+        n_frames = f0.shape[1]
+        if mix is not None:
+            g = torch.from_numpy(_fit_rows(mix, n_frames)).float().to(self.device)
+        else:
+            g = torch.tensor([[sid]], device=self.device)
+        vol = volume(torch.from_numpy(wav)[None].to(self.device), self.hop_length)[:, :n_frames] \
+            if self.vol_embedding else None
+        with torch.inference_mode():
+            audio, f0_used = self.net_g.infer(units, f0, uv, g=g, noice_scale=opts.noice_scale,
+                                              predict_f0=opts.auto_predict_f0, vol=vol)
+        audio = audio[0, 0].float().cpu().numpy()
+        if self.diffusion is not None:
+            audio = self.diffusion.refine(self, wav, audio, units, f0_used, vol, g, opts)
+        if self.enhancer is not None:
+            audio = self.enhancer.enhance(audio, self.target_sample, f0_used[0].cpu().numpy(), self.hop_length,
+                                          opts.enhancer_adaptive_key)
+        if opts.loudness_envelope_adjustment != 1:
+            audio = mix_loudness(wav, self.target_sample, audio, self.target_sample,
+                                 opts.loudness_envelope_adjustment)
+        return audio.astype(np.float32), n_frames
+
+    # ----- a whole recording --------------------------------------------------------------------
+
+    def convert(self, audio: np.ndarray, sr: int, opts: ConversionOptions,
+                timeline: Timeline | None = None) -> np.ndarray:
+        """Convert a whole recording `[N]` at `sr`; returns float32 audio at the model rate, same duration."""
+        wav = resample(np.asarray(audio, dtype=np.float32), sr, self.target_sample)
+        total_frames = max(len(wav) // self.hop_length, 1)
+        mix = mix_weights(timeline, total_frames) if timeline is not None else None
+        slicer = Slicer(self.target_sample, threshold_db=opts.slice_db)
+        pieces = []
+        for segment in slicer.segments(wav):
+            length = segment.end - segment.start
+            if segment.silent:
+                pieces.append(np.zeros(length, dtype=np.float32))
+                continue
+            pieces.append(self._convert_segment(wav[segment.start:segment.end], segment.start, opts, mix))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+    def _convert_segment(self, wav: np.ndarray, offset: int, opts: ConversionOptions,
+                         mix: np.ndarray | None) -> np.ndarray:
+        """A voiced segment: forced clips of `clip_seconds` overlapping by `linear_gradient`, crossfaded."""
+        sr = self.target_sample
+        clip = int(opts.clip_seconds * sr)
+        overlap = int(opts.linear_gradient * sr) if clip > 0 else 0
+        overlap = min(overlap, clip // 2) if clip > 0 else 0
+        if clip <= 0 or len(wav) <= clip:
+            return self._convert_padded(wav, offset, opts, mix)
+        result = np.zeros(0, dtype=np.float32)
+        start = 0
+        while start < len(wav):
+            begin = max(start - overlap, 0)
+            end = min(start + clip, len(wav))
+            piece = self._convert_padded(wav[begin:end], offset + begin, opts, mix)
+            result = crossfade_join(result, piece, start - begin, opts.linear_gradient_retain)
+            start = end
+        return result
+
+    def _convert_padded(self, wav: np.ndarray, offset: int, opts: ConversionOptions,
+                        mix: np.ndarray | None) -> np.ndarray:
+        """Pad `pad_seconds` of zeros each side, convert, trim the padding off; output length = input length."""
+        pad = int(opts.pad_seconds * self.target_sample)
+        padded = np.pad(wav, (pad, pad))
+        piece_mix = None
+        if mix is not None:
+            first = (offset - pad) // self.hop_length
+            n = len(padded) // self.hop_length
+            rows = np.clip(np.arange(first, first + n), 0, len(mix) - 1)
+            piece_mix = mix[rows]
+        out, _ = self.convert_clip(padded, opts, piece_mix)
+        out = out[pad:pad + len(wav)]
+        return np.pad(out, (0, len(wav) - len(out))) if len(out) < len(wav) else out
+
+
+def crossfade_join(head: np.ndarray, tail: np.ndarray, overlap: int, retain: float) -> np.ndarray:
+    """Append `tail` to `head`, where the first `overlap` samples of `tail` repeat the last of `head`.
+
+    Only the middle `overlap * retain` samples of the overlap are blended (linear ramp); the margins on
+    either side come from `head` (left) and `tail` (right).
+    """
+    overlap = min(overlap, len(head), len(tail))
+    if overlap == 0:
+        return np.concatenate([head, tail])
+    blend = max(int(overlap * retain), 1)
+    left = (overlap - blend) // 2
+    ramp = np.linspace(0.0, 1.0, blend, dtype=np.float32)
+    a = head[len(head) - overlap:]
+    mixed = np.concatenate([a[:left], a[left:left + blend] * (1 - ramp) + tail[left:left + blend] * ramp,
+                            tail[left + blend:overlap]])
+    return np.concatenate([head[:len(head) - overlap], mixed, tail[overlap:]])
+
+
+def _fit_rows(mix: np.ndarray, n: int) -> np.ndarray:
+    if len(mix) >= n:
+        return mix[:n]
+    return np.concatenate([mix, np.repeat(mix[-1:], n - len(mix), axis=0)])
+
+
+def _load_cluster(path: str | Path | None, feature_retrieval: bool) -> Mapping | None:
+    if not path:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise SvcError(f"cluster model not found: {path} (train one with "
+                       f"{'train_index.py' if feature_retrieval else 'train_cluster.py'})")
+    if feature_retrieval:
+        from cluster.feature_index import load_feature_index
+        return load_feature_index(path)
+    from cluster.codebook import load_kmeans
+    return load_kmeans(path)
+

@@ -1,0 +1,74 @@
+"""Convert songs with a trained model: `raw/<name>` -> `results/<name>_<key>_<speaker>..._<mode>_<f0p>.<fmt>`.
+
+    python inference_main.py -m logs/44k/G_30400.pth -c configs/config.json -n song.wav -t 0 -s nen
+
+Flags and defaults are 4.1's (spec §3.8); every input is converted for every listed speaker.
+"""
+from __future__ import annotations
+
+import argparse
+from modules.errors import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("-m", "--model_path", default="logs/44k/G_37600.pth", help="generator checkpoint G_*.pth")
+    add("-c", "--config_path", default="logs/44k/config.json", help="the model's config.json")
+    add("-cl", "--clip", type=float, default=0, help="forced clip length in seconds (0: slice on silence only)")
+    add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"], help="file names inside raw/")
+    add("-t", "--trans", nargs="+", type=float, default=[0], help="pitch shift in semitones, one per file")
+    add("-s", "--spk_list", nargs="+", default=["buyizi"], help="target speaker names")
+    add("-a", "--auto_predict_f0", action="store_true", help="predict f0 with the model (speech, not singing)")
+    add("-cm", "--cluster_model_path", default="", help="k-means model or feature index (-fr)")
+    add("-cr", "--cluster_infer_ratio", type=float, default=0, help="share of cluster/retrieval features, 0..1")
+    add("-lg", "--linear_gradient", type=float, default=0, help="crossfade seconds between forced clips")
+    add("-f0p", "--f0_predictor", default="pm", help="pm, dio, harvest, crepe, rmvpe or fcpe")
+    add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer")
+    add("-shd", "--shallow_diffusion", action="store_true", help="shallow diffusion after So-VITS")
+    add("-usm", "--use_spk_mix", action="store_true", help="dynamic speaker mix from --spk_mix_file")
+    add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
+        help="1 keeps the output loudness envelope, 0 imposes the input's")
+    add("-fr", "--feature_retrieval", action="store_true", help="feature retrieval instead of k-means")
+    add("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt")
+    add("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml")
+    add("-ks", "--k_step", type=int, default=100, help="shallow diffusion depth")
+    add("-se", "--second_encoding", action="store_true", help="re-encode the So-VITS output before diffusion")
+    add("-od", "--only_diffusion", action="store_true", help="diffusion only, no So-VITS")
+    add("-sd", "--slice_db", type=float, default=-40, help="silence threshold in dB")
+    add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add("-ns", "--noice_scale", type=float, default=0.4, help="prior noise scale")
+    add("-p", "--pad_seconds", type=float, default=0.5, help="zero padding around each slice (removed again)")
+    add("-wf", "--wav_format", default="flac", help="output format: flac, wav, ogg ...")
+    add("-lgr", "--linear_gradient_retain", type=float, default=0.75, help="blended share of the crossfade")
+    add("-eak", "--enhancer_adaptive_key", type=float, default=0, help="enhancer key adaptation (semitones)")
+    add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="f0 confidence threshold (crepe/rmvpe/fcpe)")
+    add("--spk_mix_file", default=None, help="speaker-mix timeline (.json, or 4.1's spkmix.py); "
+        "default: spkmix.json, else spkmix.py")
+    add("--raw_dir", default="raw", help="folder of the inputs")
+    add("--results_dir", default="results", help="folder of the outputs")
+    add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and vocoder")
+    return p
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0 <= args.cluster_infer_ratio <= 1:
+        parser.error("-cr/--cluster_infer_ratio must lie in 0..1")
+    if args.clip < 0 or args.pad_seconds < 0 or args.linear_gradient < 0:
+        parser.error("-cl, -p and -lg must not be negative")
+    if not 0 < args.linear_gradient_retain <= 1:
+        parser.error("-lgr/--linear_gradient_retain must lie in (0, 1]")
+    if args.noice_scale < 0:
+        parser.error("-ns/--noice_scale must not be negative")
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    check_args(parser, args)
+    from inference.batch import convert_files
+    convert_files(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
