@@ -53,6 +53,8 @@ def workdir(tmp_path_factory) -> Path:
     save_feature_index({0: train_feature_index(rng.normal(size=(400, 64)).astype(np.float32)),
                         1: train_feature_index(rng.normal(size=(400, 64)).astype(np.float32))},
                        root / "feature_and_index.pkl")
+    _diffusion_model(root)
+    (root / "mix.json").write_text(json.dumps({"alto": [[0, 1, 1, 0]], "tenor": [[0, 1, 0, 1]]}))
     raw = root / "raw"
     raw.mkdir()
     sf.write(raw / "song.wav", tone(3.0, start=0.3), SR)
@@ -62,6 +64,24 @@ def workdir(tmp_path_factory) -> Path:
     sf.write(raw / "short.wav", tone(0.2), SR)
     sf.write(raw / "歌.flac", tone(1.5), SR)
     return root
+
+
+def _diffusion_model(root: Path) -> None:
+    from diffusion import build_model
+    from modules.config import load_template, save_config
+
+    config = load_template("diffusion_template.yaml")
+    config.model.update({"n_layers": 2, "n_chans": 16, "n_hidden": 16, "timesteps": 100, "k_step_max": 0, "n_spk": 2})
+    config.data.encoder_out_channels = 64
+    config.vocoder.ckpt = "pretrain/nsf_hifigan/model"
+    config.spk = {"alto": 0, "tenor": 1}
+    (root / "diff").mkdir()
+    save_config(config, root / "diff" / "config.yaml")
+    torch.manual_seed(1)
+    torch.save({"global_step": 0, "model": build_model(config).state_dict()}, root / "diff" / "model_0.pt")
+    config.model.k_step_max = 50
+    save_config(config, root / "diff" / "shallow.yaml")
+    torch.save({"global_step": 0, "model": build_model(config).state_dict()}, root / "diff" / "model_shallow.pt")
 
 
 def convert(workdir: Path, *args: str, check: bool = True):
@@ -126,8 +146,6 @@ def test_silence_and_very_short_inputs(workdir):
 
 
 def test_dynamic_speaker_mix(workdir):
-    timeline = {"alto": [[0, 1, 1, 0]], "tenor": [[0, 1, 0, 1]]}
-    (workdir / "mix.json").write_text(json.dumps(timeline))
     convert(workdir, "-n", "song.wav", "-usm", "--spk_mix_file", "mix.json", "-ns", "0")
     mixed, _ = read(workdir, "song.wav_0key_spk_mix_sovits_pm.flac")
     assert abs(len(mixed) - 3.0 * SR) <= 512 and np.isfinite(mixed).all()
@@ -141,6 +159,30 @@ def test_clear_errors_for_unknown_speaker_and_missing_input(workdir):
     assert result.returncode == 1 and "unknown speaker 'bass'" in result.stderr and "Traceback" not in result.stderr
     result = convert(workdir, "-n", "nothing.wav", "-s", "alto", check=False)
     assert result.returncode == 1 and "nothing.wav" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shallow_diffusion_and_only_diffusion(workdir):
+    diff = ("-dm", "diff/model_0.pt", "-dc", "diff/config.yaml")
+    convert(workdir, "-n", "歌.flac", "-s", "tenor", "-shd", "-ks", "20", *diff)
+    shallow, _ = read(workdir, "歌.flac_0key_tenor_sovdiff_pm.flac")
+    assert abs(len(shallow) - 1.5 * SR) <= 512 and np.isfinite(shallow).all()
+    convert(workdir, "-n", "歌.flac", "-s", "alto", "-shd", "-se", "-ks", "10", "-usm", "--spk_mix_file", "mix.json",
+            *diff)
+    mixed, _ = read(workdir, "歌.flac_0key_spk_mix_sovdiff_pm.flac")  # 4.1 crashes here (§19.2)
+    assert np.isfinite(mixed).all()
+    convert(workdir, "-n", "歌.flac", "-s", "alto", "-od", *diff)
+    only, _ = read(workdir, "歌.flac_0key_alto_diff_pm.flac")
+    assert abs(len(only) - 1.5 * SR) <= 512 and np.isfinite(only).all()
+
+
+def test_diffusion_refusals(workdir):
+    shallow = ("-dm", "diff/model_shallow.pt", "-dc", "diff/shallow.yaml")
+    result = convert(workdir, "-n", "歌.flac", "-s", "alto", "-shd", "-ks", "100", *shallow, check=False)
+    assert result.returncode == 1 and "k_step_max 50" in result.stderr and "Traceback" not in result.stderr
+    result = convert(workdir, "-n", "歌.flac", "-s", "alto", "-od", *shallow, check=False)
+    assert result.returncode == 1 and "shallow diffusion only" in result.stderr
+    result = convert(workdir, "-n", "歌.flac", "-s", "alto", "-shd", "-dm", "diff/none.pt", check=False)
+    assert result.returncode == 1 and "diff/none.pt" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
