@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.svc import ENCODER_SR, ConversionOptions, Svc
-from modules.audio import resample
+from inference.svc import ENCODER_SR, ClipInputs, ConversionOptions, Svc
+from modules.audio import fit_length, resample
 from modules.dsp import repeat_expand_2d, volume
 from modules.errors import ConfigError, SvcError
 
@@ -67,7 +67,7 @@ class DiffusionStage:
                                 spk_id=spk_id, spk_mix=spk_mix, gt_spec=gt_spec, k_step=k_step,
                                 method=self.method, speedup=self.speedup, generator=generator)
 
-    def refine(self, svc: Svc, source: np.ndarray, audio: np.ndarray, units: torch.Tensor, f0: torch.Tensor,
+    def refine(self, svc: Svc, audio: np.ndarray, units: torch.Tensor, f0: torch.Tensor,
                vol: torch.Tensor | None, g: torch.Tensor, opts: ConversionOptions) -> np.ndarray:
         """Shallow diffusion over So-VITS output `audio` `[N]`; returns audio of the same length."""
         sr = svc.target_sample
@@ -82,7 +82,7 @@ class DiffusionStage:
         g = g[:n] if g.is_floating_point() else g
         out = self.sample_mel(units[..., :n], f0[:, :n], vol[:, :n], g, mel[:, :n], opts.k_step)
         result = self.vocoder.vocode(out, f0[:, :n])[0].float().cpu().numpy()
-        return _fit(result, len(audio))
+        return fit_length(result, len(audio))
 
 
 class DiffusionOnlySvc(Svc):
@@ -108,23 +108,7 @@ class DiffusionOnlySvc(Svc):
         self.diffusion = None
         self._f0_predictors = {}
 
-    def convert_clip(self, wav: np.ndarray, opts: ConversionOptions,
-                     mix: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        wav = np.asarray(wav, dtype=np.float32)
-        if len(wav) < self.hop_length:
-            return np.zeros(len(wav), dtype=np.float32), 0
-        sid = None if mix is not None else self.speaker_id(opts.speaker)
-        units, f0, _ = self.units_f0(wav, opts, sid)
-        n_frames = f0.shape[1]
-        g = torch.from_numpy(mix[:n_frames]).float().to(self.device) if mix is not None \
-            else torch.tensor([[sid]], device=self.device)
-        vol = volume(torch.from_numpy(wav)[None].to(self.device), self.hop_length)[:, :n_frames]
-        mel = self.stage.sample_mel(units, f0, vol, g, gt_spec=None, k_step=None)
-        audio = self.stage.vocoder.vocode(mel, f0)[0].float().cpu().numpy()
-        return _fit(audio, n_frames * self.hop_length), n_frames
-
-
-def _fit(audio: np.ndarray, length: int) -> np.ndarray:
-    if len(audio) >= length:
-        return audio[:length]
-    return np.pad(audio, (0, length - len(audio)))
+    def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, torch.Tensor]:
+        mel = self.stage.sample_mel(x.units, x.f0, x.vol, x.g, gt_spec=None, k_step=None)
+        audio = self.stage.vocoder.vocode(mel, x.f0)[0].float().cpu().numpy()
+        return fit_length(audio, x.f0.shape[1] * self.hop_length), x.f0

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.audio import resample
+from modules.audio import fit_length, resample
 from vdecoder.nsf_hifigan import NsfHifiGAN
 
 
@@ -34,10 +34,4 @@ class Enhancer:
         with torch.inference_mode():
             out = self.vocoder.vocode(mel, f0_tensor)[0].float().cpu().numpy()
         restored = resample(out, adaptive_sr, sr)
-        return _fit(restored, len(audio))
-
-
-def _fit(audio: np.ndarray, length: int) -> np.ndarray:
-    if len(audio) >= length:
-        return audio[:length]
-    return np.pad(audio, (0, length - len(audio)))
+        return fit_length(restored, len(audio))

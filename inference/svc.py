@@ -14,7 +14,7 @@ import torch
 
 from inference.loudness import mix_loudness
 from inference.spkmix import Timeline, mix_weights
-from modules.audio import resample
+from modules.audio import fit_length, resample
 from modules.config import load_model_config
 from modules.dsp import repeat_expand_2d, volume
 from modules.errors import ConfigError, SvcError
@@ -44,6 +44,17 @@ class ConversionOptions:
     clip_seconds: float = 0.0
     linear_gradient: float = 0.0         # crossfade seconds between forced clips
     linear_gradient_retain: float = 0.75
+
+
+@dataclass
+class ClipInputs:
+    """The conditioning of one clip, all on the model's device."""
+
+    units: torch.Tensor  # [1, D, T] content features
+    f0: torch.Tensor     # [1, T] Hz, pitch-shifted, unvoiced frames interpolated
+    uv: torch.Tensor     # [1, T] 1 voiced / 0 unvoiced
+    g: torch.Tensor      # speaker id [[sid]] (long) or per-frame mix weights [T, S] (float)
+    vol: torch.Tensor    # [1, T] source frame RMS
 
 
 class Svc:
@@ -126,6 +137,29 @@ class Svc:
             raise ConfigError(f"the k-means model has no codebook for speaker '{name}'")
         return kmeans_mix(units.T, self.cluster[name].to(units.device), ratio).T
 
+    def clip_inputs(self, wav: np.ndarray, opts: ConversionOptions, mix: np.ndarray | None) -> ClipInputs:
+        """Everything the synthesis of one clip `[N]` needs; `mix` is per-frame speaker weights `[T', S]`."""
+        sid = None if mix is not None else self.speaker_id(opts.speaker)
+        units, f0, uv = self.units_f0(wav, opts, sid)
+        n_frames = f0.shape[1]
+        if mix is not None:
+            g = torch.from_numpy(_fit_rows(mix, n_frames)).float().to(self.device)
+        else:
+            g = torch.tensor([[sid]], device=self.device)
+        vol = volume(torch.from_numpy(wav)[None].to(self.device), self.hop_length)[:, :n_frames]
+        return ClipInputs(units, f0, uv, g, vol)
+
+    def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, torch.Tensor]:
+        """So-VITS (and shallow diffusion): -> (audio `[T * hop]`, the f0 used `[1, T]`)."""
+        with torch.inference_mode():
+            audio, f0 = self.net_g.infer(x.units, x.f0, x.uv, g=x.g, noice_scale=opts.noice_scale,
+                                         predict_f0=opts.auto_predict_f0,
+                                         vol=x.vol if self.vol_embedding else None)
+        audio = audio[0, 0].float().cpu().numpy()
+        if self.diffusion is not None:
+            audio = self.diffusion.refine(self, audio, x.units, f0, x.vol if self.vol_embedding else None, x.g, opts)
+        return audio, f0
+
     def convert_clip(self, wav: np.ndarray, opts: ConversionOptions,
                      mix: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Convert one clip `[N]` at the model rate. `mix`: per-frame speaker weights `[T, S]` (or None).
@@ -135,28 +169,15 @@ class Svc:
         wav = np.asarray(wav, dtype=np.float32)
         if len(wav) < self.hop_length:
             return np.zeros(len(wav), dtype=np.float32), 0
-        sid = None if mix is not None else self.speaker_id(opts.speaker)
-        units, f0, uv = self.units_f0(wav, opts, sid)
-        n_frames = f0.shape[1]
-        if mix is not None:
-            g = torch.from_numpy(_fit_rows(mix, n_frames)).float().to(self.device)
-        else:
-            g = torch.tensor([[sid]], device=self.device)
-        vol = volume(torch.from_numpy(wav)[None].to(self.device), self.hop_length)[:, :n_frames] \
-            if self.vol_embedding else None
-        with torch.inference_mode():
-            audio, f0_used = self.net_g.infer(units, f0, uv, g=g, noice_scale=opts.noice_scale,
-                                              predict_f0=opts.auto_predict_f0, vol=vol)
-        audio = audio[0, 0].float().cpu().numpy()
-        if self.diffusion is not None:
-            audio = self.diffusion.refine(self, wav, audio, units, f0_used, vol, g, opts)
+        inputs = self.clip_inputs(wav, opts, mix)
+        audio, f0 = self.synthesize(inputs, wav, opts)
         if self.enhancer is not None:
-            audio = self.enhancer.enhance(audio, self.target_sample, f0_used[0].cpu().numpy(), self.hop_length,
+            audio = self.enhancer.enhance(audio, self.target_sample, f0[0].cpu().numpy(), self.hop_length,
                                           opts.enhancer_adaptive_key)
         if opts.loudness_envelope_adjustment != 1:
             audio = mix_loudness(wav, self.target_sample, audio, self.target_sample,
                                  opts.loudness_envelope_adjustment)
-        return audio.astype(np.float32), n_frames
+        return audio.astype(np.float32), inputs.f0.shape[1]
 
     # ----- a whole recording --------------------------------------------------------------------
 
@@ -207,8 +228,7 @@ class Svc:
             rows = np.clip(np.arange(first, first + n), 0, len(mix) - 1)
             piece_mix = mix[rows]
         out, _ = self.convert_clip(padded, opts, piece_mix)
-        out = out[pad:pad + len(wav)]
-        return np.pad(out, (0, len(wav) - len(out))) if len(out) < len(wav) else out
+        return fit_length(out[pad:pad + len(wav)], len(wav))
 
 
 def crossfade_join(head: np.ndarray, tail: np.ndarray, overlap: int, retain: float) -> np.ndarray:

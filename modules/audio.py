@@ -46,6 +46,13 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(audio.T, sr_in, sr_out, quality="VHQ").T.astype(np.float32)
 
 
+def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
+    """Cut or zero-pad `[N]` audio at the end to exactly `length` samples."""
+    if len(audio) >= length:
+        return audio[:length]
+    return np.pad(audio, (0, length - len(audio)))
+
+
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: str | None = "PCM_16",
                 format: str | None = None) -> None:
     """Write audio atomically. The format follows the extension unless `format` is given."""
