@@ -10,12 +10,14 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 
 from modules.errors import SvcError, UnsafeFileError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -31,13 +33,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -49,12 +60,14 @@ def np_save(path: str | os.PathLike, array: Any, allow_pickle: bool = False) -> 
             np.save(f, array, allow_pickle=allow_pickle)
 
 
-def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike, map_location: "str | torch.device" = "cpu") -> Any:
     """torch.load that never executes code from the file (weights_only=True).
 
     A file that needs anything beyond tensors, containers and plain numbers is refused with an
     UnsafeFileError naming the file; a missing or corrupt file gives an SvcError.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise SvcError(f"file not found: {path}")

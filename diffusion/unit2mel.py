@@ -1,0 +1,194 @@
+"""Unit2Mel: content units + f0 + volume (+ speaker, pitch-shift) -> condition -> diffusion mel (spec §11.2).
+
+Parameter names match 4.1 / DDSP-SVC checkpoints (`model_<step>.pt`), so their base models load here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from diffusion import samplers
+from diffusion.gaussian import GaussianDiffusion
+from diffusion.wavenet import WaveNet
+from modules.config import HParams, load_config
+from modules.errors import SvcError
+from modules.fileio import safe_torch_load
+
+
+@dataclass(frozen=True)
+class Unit2MelDims:
+    input_channel: int = 768   # content-unit dimension (data.encoder_out_channels)
+    n_spk: int = 1             # speakers; a speaker embedding exists only when > 1
+    use_pitch_aug: bool = True  # adds aug_shift_embed (keyshift conditioning)
+    out_dims: int = 128        # mel bins (vocoder num_mels)
+    n_layers: int = 20         # WaveNet residual layers
+    n_chans: int = 512         # WaveNet channels
+    n_hidden: int = 256        # condition width
+    timesteps: int = 1000      # diffusion chain length
+    k_step_max: int = 0        # 0 or >= timesteps: full chain; else a shallow-only model
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], out_dims: int = 128) -> "Unit2MelDims":
+        """Dims from a diffusion.yaml (data.encoder_out_channels, model.*)."""
+        try:
+            model, data = config["model"], config["data"]
+            return cls(input_channel=int(data["encoder_out_channels"]), n_spk=int(model["n_spk"]),
+                       use_pitch_aug=bool(model.get("use_pitch_aug", False)), out_dims=out_dims,
+                       n_layers=int(model.get("n_layers", 20)), n_chans=int(model.get("n_chans", 512)),
+                       n_hidden=int(model.get("n_hidden", 256)), timesteps=int(model.get("timesteps", 1000)),
+                       k_step_max=int(model.get("k_step_max", 0) or 0))
+        except (KeyError, TypeError, ValueError) as error:
+            raise SvcError(f"diffusion config lacks or has a bad value for {error}") from None
+
+    @property
+    def effective_k_step_max(self) -> int:
+        return self.k_step_max if 0 < self.k_step_max < self.timesteps else self.timesteps
+
+
+class Unit2Mel(nn.Module):
+    def __init__(self, dims: Unit2MelDims):
+        super().__init__()
+        self.dims = dims
+        self.unit_embed = nn.Linear(dims.input_channel, dims.n_hidden)
+        self.f0_embed = nn.Linear(1, dims.n_hidden)
+        self.volume_embed = nn.Linear(1, dims.n_hidden)
+        self.aug_shift_embed = nn.Linear(1, dims.n_hidden, bias=False) if dims.use_pitch_aug else None
+        self.spk_embed = nn.Embedding(dims.n_spk, dims.n_hidden) if dims.n_spk > 1 else None
+        wavenet = WaveNet(dims.out_dims, dims.n_layers, dims.n_chans, dims.n_hidden)
+        self.decoder = GaussianDiffusion(wavenet, dims.out_dims, dims.timesteps, dims.effective_k_step_max)
+
+    @property
+    def k_step_max(self) -> int:
+        return self.dims.effective_k_step_max
+
+    def condition(self, units: torch.Tensor, f0: torch.Tensor, volume: torch.Tensor,
+                  spk_id: torch.Tensor | int | None = None, spk_mix: torch.Tensor | None = None,
+                  aug_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """units [B, T, D], f0 [B, T, 1] Hz, volume [B, T, 1] -> condition [B, T, H].
+
+        spk_id: int or long [B, 1] (0-based); spk_mix: weights [S], [T, S] or [B, T, S] (used instead of
+        spk_id; per frame they blend the speaker embeddings). aug_shift: keyshift in semitones [B, 1, 1].
+        """
+        x = self.unit_embed(units) + self.f0_embed(torch.log1p(f0 / 700.0)) + self.volume_embed(volume)
+        if self.spk_embed is not None:
+            x = x + self._speaker(x, spk_id, spk_mix)
+        if self.aug_shift_embed is not None and aug_shift is not None:
+            x = x + self.aug_shift_embed(aug_shift / 5.0)
+        return x
+
+    def _speaker(self, x: torch.Tensor, spk_id: torch.Tensor | int | None,
+                 spk_mix: torch.Tensor | None) -> torch.Tensor:
+        """Speaker embedding broadcastable to x [B, T, H]."""
+        n_spk = self.dims.n_spk
+        if spk_mix is not None:
+            mix = torch.as_tensor(spk_mix, dtype=x.dtype, device=x.device)
+            if mix.shape[-1] != n_spk or mix.dim() > 3 or (mix.dim() >= 2 and mix.shape[-2] not in (1, x.shape[1])):
+                raise SvcError(f"speaker mix of shape {tuple(mix.shape)} does not fit {x.shape[1]} frames "
+                               f"and {n_spk} speakers; expected [{n_spk}], [T, {n_spk}] or [B, T, {n_spk}]")
+            mix = mix.reshape((1,) * (3 - mix.dim()) + tuple(mix.shape))  # [B|1, T|1, S]
+            return mix @ self.spk_embed.weight  # [B|1, T|1, H]
+        ids = torch.as_tensor(0 if spk_id is None else spk_id, dtype=torch.long, device=x.device)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_spk):
+            raise SvcError(f"speaker id {ids.flatten().tolist()} out of range for a diffusion model "
+                           f"with {n_spk} speakers")
+        return self.spk_embed(ids.reshape(-1, 1) if ids.dim() < 2 else ids)  # [B|1, 1, H]
+
+    def forward(self, units: torch.Tensor, f0: torch.Tensor, volume: torch.Tensor, spk_id: torch.Tensor,
+                gt_spec: torch.Tensor, aug_shift: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss (scalar) for mel gt_spec [B, T, M]."""
+        cond = self.condition(units, f0, volume, spk_id, aug_shift=aug_shift)
+        return self.decoder.loss(cond, gt_spec, generator)
+
+    @torch.no_grad()
+    def infer(self, units: torch.Tensor, f0: torch.Tensor, volume: torch.Tensor,
+              spk_id: torch.Tensor | int | None = None, spk_mix: torch.Tensor | None = None,
+              gt_spec: torch.Tensor | None = None, k_step: int | None = None, method: str | None = "dpm-solver++",
+              speedup: int = 10, aug_shift: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mel [B, T, M] (natural log). Shallow diffusion from gt_spec [B, T, M] over its last k_step steps
+        (default k_step_max; 0 returns gt_spec), or pure diffusion from noise when gt_spec is None.
+
+        method: one of samplers.METHODS, or None for DDPM; speedup <= 1 also means DDPM.
+        """
+        frames = {"units": units.shape[1], "f0": f0.shape[1], "volume": volume.shape[1]}
+        if gt_spec is not None:
+            frames["gt_spec"] = gt_spec.shape[1]
+        if len(set(frames.values())) > 1:
+            raise SvcError(f"diffusion inputs disagree on the frame count: {frames}")
+        k_step = self._check_k_step(gt_spec, k_step)
+        if method is not None and method not in samplers.METHODS:
+            raise SvcError(f"unknown diffusion method '{method}'; use one of {', '.join(samplers.METHODS)}")
+        if gt_spec is not None and k_step == 0:
+            return gt_spec.clone()
+        cond = self.condition(units, f0, volume, spk_id, spk_mix, aug_shift)
+        return self.decoder.sample(cond, gt_spec, k_step, method, int(speedup), generator)
+
+    def _check_k_step(self, gt_spec: torch.Tensor | None, k_step: int | None) -> int:
+        if gt_spec is None:
+            if self.k_step_max < self.dims.timesteps:
+                raise SvcError(f"this diffusion model was trained for shallow diffusion only (k_step_max "
+                               f"{self.k_step_max} < timesteps {self.dims.timesteps}); it needs a source mel "
+                               "and cannot run pure diffusion (only_diffusion)")
+            return self.dims.timesteps
+        k_step = self.k_step_max if k_step is None else int(k_step)
+        if k_step > self.k_step_max:
+            raise SvcError(f"shallow diffusion k_step {k_step} is greater than this model's k_step_max "
+                           f"{self.k_step_max}; use k_step <= {self.k_step_max}")
+        if k_step < 0:
+            raise SvcError(f"shallow diffusion k_step must be >= 0, got {k_step}")
+        return k_step
+
+
+def build_model(config: Mapping[str, Any], out_dims: int = 128) -> Unit2Mel:
+    return Unit2Mel(Unit2MelDims.from_config(config, out_dims))
+
+
+def load_model(model_path: str | os.PathLike, config_path: str | os.PathLike | None = None,
+               device: str | torch.device | None = None) -> tuple[Unit2Mel, HParams]:
+    """Load a diffusion checkpoint `model_<step>.pt` with its diffusion.yaml (default: config.yaml beside it).
+
+    Returns the model in eval mode on `device` (CUDA when available if None) and the config.
+    """
+    model_path = Path(model_path)
+    config_path = Path(config_path) if config_path is not None else model_path.parent / "config.yaml"
+    if not model_path.is_file():
+        raise SvcError(f"diffusion model not found: {model_path}")
+    config = load_config(config_path)
+    checkpoint = safe_torch_load(model_path, map_location="cpu")
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise SvcError(f"{model_path} is not a diffusion checkpoint (no 'model' state dict)")
+    out_dims = _out_dims(state)
+    model = build_model(config, out_dims)
+    problems = state_dict_mismatches(model, state)
+    if problems:
+        raise SvcError(f"{model_path} does not match {config_path}: {'; '.join(problems[:5])}"
+                       f"{' ...' if len(problems) > 5 else ''}. Check model.n_spk, n_layers, n_chans, n_hidden, "
+                       "timesteps, use_pitch_aug and data.encoder_out_channels in the config")
+    model.load_state_dict(state)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), config
+
+
+def _out_dims(state: Mapping[str, torch.Tensor]) -> int:
+    weight = state.get("decoder.denoise_fn.input_projection.weight")
+    return int(weight.shape[1]) if weight is not None else 128
+
+
+def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences (missing, unexpected, shape) between a model and a state dict."""
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    return problems
+
+

@@ -1,0 +1,421 @@
+"""Training features for one wav (spec §3.3, §4.3): what preprocess_hubert_f0.py computes and writes.
+
+Files written next to `X.wav` (4.1's names and containers, so 4.1's loaders read them):
+
+| file | content |
+| --- | --- |
+| `X.wav.soft.pt` | torch float32 `[1, D, T_enc]`: speech-encoder units of the 16 kHz audio |
+| `X.wav.f0.npy` | numpy object array `(2, T)`: rows f0 (Hz, unvoiced frames interpolated) and uv |
+| `X.spec.pt` | torch float32 `[1025, T]`: linear magnitude spectrogram (`.wav` replaced, not appended) |
+| `X.wav.vol.npy` | float32 `[T]` frame RMS (with use_diff or model.vol_embedding) |
+| `X.wav.mel.npy` | float32 `[T, 128]` NSF-HiFiGAN log-mel (use_diff) |
+| `X.wav.aug_mel.npy` | numpy object array `(2,)`: (mel of volume-scaled audio with keyshift, keyshift) (use_diff) |
+| `X.wav.aug_vol.npy` | float32 `[T]` volume of the volume-scaled audio (use_diff) |
+
+T = N // hop for N samples. Augmentation draws come from a generator seeded per file, so a re-run
+writes the same values. The object arrays are read back with `load_object_npy`, which admits only
+numpy's array/scalar reconstruction (never code from the file).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from modules import dsp
+from modules.audio import load_audio, resample
+from modules.errors import AudioError, SvcError, UnsafeFileError
+from modules.fileio import np_save, torch_save
+
+ENCODER_SR = 16000
+SILENCE_PEAK = 1e-5          # below one 16-bit step: the file holds no signal
+AUG_KEYSHIFT = 5.0           # keyshift ~ U(-5, 5) semitones
+AUG_MIN_LOG10_GAIN = -1.0    # volume scale 10^s, s ~ U(-1, min(1, log10(1 / peak)))
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Everything that decides the features of a file (plain values, so it travels to worker processes)."""
+    speech_encoder: str = "vec768l12"
+    f0_predictor: str = "rmvpe"
+    sampling_rate: int = 44100
+    hop_length: int = 512
+    filter_length: int = 2048
+    win_length: int = 2048
+    write_volume: bool = False          # use_diff or model.vol_embedding
+    use_diff: bool = False              # mel, aug_mel, aug_vol
+    vocoder_config: str | None = None   # NSF-HiFiGAN config.json for the mel; None: 44.1 kHz/128-bin default
+    pretrain_dir: str = "pretrain"
+    f0_threshold: float = 0.05
+
+    @property
+    def min_samples(self) -> int:
+        """Shorter files are refused: the spectrogram's reflect padding and the encoder need this much."""
+        return self.filter_length
+
+
+def feature_paths(wav: Path, settings: FeatureSettings) -> dict[str, Path]:
+    """Output name -> path for `wav`, only the outputs these settings produce."""
+    wav = Path(wav)
+    paths = {
+        "soft": wav.with_name(wav.name + ".soft.pt"),
+        "f0": wav.with_name(wav.name + ".f0.npy"),
+        "spec": wav.with_suffix(".spec.pt"),  # 4.1 replaces .wav here instead of appending
+    }
+    if settings.write_volume or settings.use_diff:
+        paths["vol"] = wav.with_name(wav.name + ".vol.npy")
+    if settings.use_diff:
+        paths["mel"] = wav.with_name(wav.name + ".mel.npy")
+        paths["aug_mel"] = wav.with_name(wav.name + ".aug_mel.npy")
+        paths["aug_vol"] = wav.with_name(wav.name + ".aug_vol.npy")
+    return paths
+
+
+def file_seed(relative_name: str) -> int:
+    """A stable 63-bit seed from a file's path relative to the dataset root."""
+    return int.from_bytes(hashlib.sha256(relative_name.encode("utf-8")).digest()[:8], "little") >> 1
+
+
+# ---------------------------------------------------------------- reading the object arrays safely
+
+_NUMPY_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Admits numpy's array, dtype and scalar reconstruction, which build data and run nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _NUMPY_GLOBALS:
+            raise UnsafeFileError(f"it references {module}.{name}, which a feature file never needs")
+        from numpy._core import multiarray
+
+        return {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar,
+                "ndarray": np.ndarray, "dtype": np.dtype}[name]
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeFileError("it uses pickle persistent ids, which a feature file never needs")
+
+
+def load_object_npy(path: str | os.PathLike) -> np.ndarray:
+    """np.load for 4.1's object-array .npy files (f0, aug_mel) without executing pickled code.
+
+    Non-object arrays load as usual; object arrays go through an unpickler that admits only numpy
+    array reconstruction (UnsafeFileError for anything else, SvcError for a damaged file).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            if not dtype.hasobject:
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            array = _NumpyUnpickler(io.BytesIO(f.read())).load()
+    except UnsafeFileError as error:
+        raise UnsafeFileError(f"{path} was not loaded, because {error}") from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, TypeError, AttributeError, IndexError) as error:
+        raise SvcError(f"cannot read {path}: {error}") from None
+    if not isinstance(array, np.ndarray) or array.shape != shape:
+        raise SvcError(f"{path} does not hold the {shape} array its header announces")
+    return array
+
+
+def load_f0(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """`X.wav.f0.npy` -> (f0 float64 `[T]`, uv float64 `[T]`)."""
+    array = load_object_npy(path)
+    if len(array) != 2:
+        raise SvcError(f"{path} does not hold an (f0, uv) pair")
+    return np.asarray(array[0], dtype=np.float64), np.asarray(array[1], dtype=np.float64)
+
+
+def load_aug_mel(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """`X.wav.aug_mel.npy` -> (mel float32 `[T, n_mels]`, keyshift in semitones)."""
+    array = load_object_npy(path)
+    if array.shape != (2,) or np.ndim(array[0]) != 2:
+        raise SvcError(f"{path} does not hold a (mel, keyshift) pair")
+    return np.asarray(array[0], dtype=np.float32), float(array[1])
+
+
+def output_is_valid(kind: str, path: Path) -> bool:
+    """True if `path` exists and loads as output `kind` (cheap: tensors memory-mapped, headers checked)."""
+    if not path.is_file():
+        return False
+    try:
+        if kind in ("soft", "spec"):
+            tensor = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return isinstance(tensor, torch.Tensor) and tensor.dim() == (3 if kind == "soft" else 2)
+        if kind == "f0":
+            load_f0(path)  # raises unless it holds an (f0, uv) pair
+            return True
+        if kind == "aug_mel":
+            load_aug_mel(path)  # raises unless it holds a (mel [T, n_mels], keyshift) pair
+            return True
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return array.ndim == (2 if kind == "mel" else 1)
+    except (SvcError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError):
+        return False
+
+
+def missing_outputs(wav: Path, settings: FeatureSettings) -> dict[str, Path]:
+    """The outputs of `wav` that are absent or do not load (all of them for a fresh file)."""
+    return {kind: path for kind, path in feature_paths(wav, settings).items() if not output_is_valid(kind, path)}
+
+
+# ---------------------------------------------------------------- computing the features
+
+class FeatureExtractor:
+    """Holds the models for one process (encoder, f0 predictor, mel extractor), loaded once."""
+
+    def __init__(self, settings: FeatureSettings, device: str | torch.device = "cpu"):
+        from f0_predictor import get_f0_predictor
+        from vencoder import get_speech_encoder
+
+        self.settings = settings
+        self.device = torch.device(device)
+        self.encoder = get_speech_encoder(settings.speech_encoder, self.device, settings.pretrain_dir)
+        self.f0_predictor = get_f0_predictor(settings.f0_predictor, hop_length=settings.hop_length,
+                                             sampling_rate=settings.sampling_rate, device=str(self.device),
+                                             threshold=settings.f0_threshold, pretrain_dir=settings.pretrain_dir)
+        self.mel_extractor = None
+        if settings.use_diff:
+            from vdecoder.nsf_hifigan import MelExtractor
+
+            self.mel_extractor = MelExtractor.from_config(settings.vocoder_config)
+
+    def load(self, wav: Path) -> np.ndarray:
+        """Read `wav` at the model rate and refuse audio that cannot give features (AudioError)."""
+        audio, _ = load_audio(wav, sr=self.settings.sampling_rate)
+        if len(audio) < self.settings.min_samples:
+            raise AudioError(f"{wav} is too short ({len(audio)} samples; at least "
+                             f"{self.settings.min_samples} at {self.settings.sampling_rate} Hz are needed)")
+        if float(np.abs(audio).max()) < SILENCE_PEAK:
+            raise AudioError(f"{wav} is silent")
+        return audio
+
+    def compute(self, audio: np.ndarray, kinds: list[str] | tuple[str, ...], seed: int) -> dict[str, Any]:
+        """audio float32 `[N]` at the model rate -> {output kind: value as written to disk}."""
+        steps: dict[str, Callable[[], Any]] = {
+            "soft": lambda: self.units(audio),
+            "f0": lambda: self.f0(audio),
+            "spec": lambda: self.spectrogram(audio),
+            "vol": lambda: self.volume(audio),
+            "mel": lambda: self.mel(audio),
+        }
+        values = {kind: steps[kind]() for kind in kinds if kind in steps}
+        if "aug_mel" in kinds or "aug_vol" in kinds:
+            aug_mel, aug_vol = self.augmented(audio, seed)
+            values.update({kind: value for kind, value in (("aug_mel", aug_mel), ("aug_vol", aug_vol))
+                           if kind in kinds})
+        for kind, value in values.items():
+            _check_finite(kind, value)
+        return values
+
+    def units(self, audio: np.ndarray) -> torch.Tensor:
+        """-> float32 `[1, D, T_enc]` on the CPU."""
+        wav16k = torch.from_numpy(resample(audio, self.settings.sampling_rate, ENCODER_SR))
+        return self.encoder(wav16k).detach().float().cpu().clone()  # clone: compact storage on disk
+
+    def f0(self, audio: np.ndarray) -> np.ndarray:
+        """-> object array `(2, T)` of (f0, uv), as 4.1 saves it."""
+        f0, uv = self.f0_predictor.compute_f0_uv(audio)
+        return np.asanyarray((np.asarray(f0, dtype=np.float64), np.asarray(uv, dtype=np.float64)), dtype=object)
+
+    def spectrogram(self, audio: np.ndarray) -> torch.Tensor:
+        """-> float32 `[n_fft // 2 + 1, T]`."""
+        s = self.settings
+        spec = dsp.spectrogram(torch.from_numpy(audio)[None], s.filter_length, s.hop_length, s.win_length)
+        return spec[0].clone()
+
+    def volume(self, audio: np.ndarray) -> np.ndarray:
+        """-> float32 `[T]`."""
+        return dsp.volume(torch.from_numpy(audio), self.settings.hop_length).numpy().astype(np.float32)
+
+    def mel(self, audio: np.ndarray, keyshift: float = 0.0) -> np.ndarray:
+        """-> float32 `[T, n_mels]`."""
+        mel = self.mel_extractor(torch.from_numpy(audio)[None], self.settings.sampling_rate, keyshift=keyshift)
+        return mel[0].numpy().astype(np.float32)
+
+    def augmented(self, audio: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (object array (aug mel `[T, n_mels]`, keyshift), aug volume `[T]`) of the volume-scaled audio."""
+        log10_gain, keyshift = augmentation_draws(audio, seed)
+        scaled = (audio * 10.0 ** log10_gain).astype(np.float32)
+        aug_mel = np.asanyarray((self.mel(scaled, keyshift), keyshift), dtype=object)
+        return aug_mel, self.volume(scaled)
+
+
+def augmentation_draws(audio: np.ndarray, seed: int) -> tuple[float, float]:
+    """(log10 volume gain s, keyshift) for one file: s ~ U(-1, min(1, log10(1/(peak+1e-5)))), keyshift ~ U(-5, 5)."""
+    rng = np.random.default_rng(seed)
+    max_gain = min(1.0, math.log10(1.0 / (float(np.abs(audio).max()) + 1e-5)))
+    log10_gain = float(rng.uniform(AUG_MIN_LOG10_GAIN, max_gain))
+    keyshift = float(rng.uniform(-AUG_KEYSHIFT, AUG_KEYSHIFT))
+    return log10_gain, keyshift
+
+
+def write_outputs(values: dict[str, Any], paths: dict[str, Path]) -> None:
+    """Write each value to its path atomically (torch.save for .pt, np.save for .npy)."""
+    for kind, value in values.items():
+        path = paths[kind]
+        if isinstance(value, torch.Tensor):
+            torch_save(value, path)
+        else:
+            np_save(path, value, allow_pickle=value.dtype == object)
+
+
+def process_file(extractor: FeatureExtractor, wav: Path, seed: int) -> list[str]:
+    """Compute and write the outputs of `wav` that are missing or unreadable -> the kinds written."""
+    missing = missing_outputs(wav, extractor.settings)
+    if not missing:
+        return []
+    audio = extractor.load(wav)
+    write_outputs(extractor.compute(audio, list(missing), seed), missing)
+    return list(missing)
+
+
+def _check_finite(kind: str, value: Any) -> None:
+    parts = value.reshape(-1) if kind == "aug_mel" else [value]  # aug_mel: (mel, keyshift)
+    if not all(_is_finite(part) for part in parts):
+        raise SvcError(f"the {kind} features came out NaN or infinite")
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+
+
+# ---------------------------------------------------------------- a whole dataset, in worker processes
+
+@dataclass
+class BatchResult:
+    processed: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] | None = None  # (file, reason)
+
+    def __post_init__(self) -> None:
+        self.failed = self.failed or []
+
+
+def list_wavs(in_dir: Path) -> list[Path]:
+    """Every `*.wav` inside the speaker folders of `in_dir` (nested folders included), sorted."""
+    return sorted(p for p in Path(in_dir).glob("*/**/*.wav") if p.is_file() and not p.name.startswith("."))
+
+
+def worker_device(rank: int, requested: str | None) -> str:
+    """Worker k uses GPU k mod n when CUDA is there (unless a device index was asked for), else `requested`/cpu."""
+    if torch.cuda.is_available() and (requested is None or requested == "cuda"):
+        return f"cuda:{rank % torch.cuda.device_count()}"
+    return requested or "cpu"
+
+
+def run_batch(in_dir: Path, settings: FeatureSettings, num_processes: int = 1, device: str | None = None,
+              progress: bool = True) -> BatchResult:
+    """Write the features of every wav under `in_dir` that lacks them; bad files are reported, not fatal.
+
+    num_processes 0 means os.cpu_count(); 1 runs in this process; more use spawned workers, each
+    loading its models once. Raises SvcError only for problems that stop every file (no wav found,
+    a model that cannot load).
+    """
+    from loguru import logger
+    from tqdm import tqdm
+
+    in_dir = Path(in_dir)
+    wavs = list_wavs(in_dir)
+    if not wavs:
+        raise SvcError(f"no .wav files in the speaker folders of {in_dir} (expected {in_dir}/<speaker>/*.wav)")
+    pending = [w for w in wavs if missing_outputs(w, settings)]
+    result = BatchResult(skipped=len(wavs) - len(pending))
+    logger.info(f"{len(wavs)} wav files, {result.skipped} already done, {len(pending)} to process")
+    num_processes = num_processes or os.cpu_count() or 1
+    tasks = [(str(w), w.relative_to(in_dir).as_posix()) for w in pending]
+    bar = tqdm(total=len(wavs), initial=result.skipped, disable=not progress, unit="file")
+    try:
+        if num_processes == 1 or len(tasks) <= 1:
+            outcomes = _run_here(tasks, settings, worker_device(0, device))
+        else:
+            outcomes = _run_in_workers(tasks, settings, min(num_processes, len(tasks)), device)
+        for rel, status, message in outcomes:
+            bar.update(1)
+            if status == "failed":
+                logger.error(f"{rel}: {message}")
+                result.failed.append((rel, message))
+            elif status == "skipped":
+                result.skipped += 1
+            else:
+                result.processed += 1
+    finally:
+        bar.close()
+    return result
+
+
+def _run_here(tasks: list[tuple[str, str]], settings: FeatureSettings, device: str):
+    extractor = FeatureExtractor(settings, device)
+    for wav, rel in tasks:
+        yield _process_one(extractor, wav, rel)
+
+
+def _run_in_workers(tasks: list[tuple[str, str]], settings: FeatureSettings, workers: int, device: str | None):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    next_rank = context.Value("i", 0)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(settings, device, next_rank, workers)) as pool:
+        futures = [pool.submit(_worker_task, wav, rel) for wav, rel in tasks]
+        try:
+            for future in as_completed(futures):
+                rel, status, message = future.result()
+                if status == "setup_failed":
+                    raise SvcError(message)
+                yield rel, status, message
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _process_one(extractor: FeatureExtractor, wav: str, rel: str) -> tuple[str, str, str]:
+    """-> (relative name, "done" | "skipped" | "failed", reason)."""
+    try:
+        written = process_file(extractor, Path(wav), file_seed(rel))
+    except SvcError as error:
+        return rel, "failed", str(error)
+    except Exception as error:  # noqa: BLE001 - one broken file must not stop the batch; the reason is reported
+        return rel, "failed", f"{type(error).__name__}: {error}"
+    return rel, ("done" if written else "skipped"), ""
+
+
+# Per-process state of a spawned worker: its models, loaded once by _init_worker.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: FeatureSettings, device: str | None, next_rank: Any, workers: int) -> None:
+    with next_rank.get_lock():
+        rank = next_rank.value
+        next_rank.value += 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        _WORKER["extractor"] = FeatureExtractor(settings, worker_device(rank, device))
+    except SvcError as error:
+        _WORKER["setup_error"] = str(error)
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which stops the batch
+        _WORKER["setup_error"] = f"cannot load the models: {type(error).__name__}: {error}"
+
+
+def _worker_task(wav: str, rel: str) -> tuple[str, str, str]:
+    if "setup_error" in _WORKER:
+        return rel, "setup_failed", _WORKER["setup_error"]
+    return _process_one(_WORKER["extractor"], wav, rel)

@@ -1,0 +1,48 @@
+"""dataset_raw/<speaker>/ -> dataset/44k/<speaker>/: mono, trimmed, resampled, normalised 16-bit wavs.
+
+Same flags and per-file steps as so-vits-svc 4.1's resample.py, plus any audio format libsndfile reads,
+nested folders, a loudness target, parallel workers, skipping of finished files and a final report.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from modules.batch import default_workers
+from modules.dataprep import ResampleSettings, resample_dataset
+from modules.errors import SvcError, run_cli
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sr2", type=int, default=44100, help="target sample rate")
+    parser.add_argument("--in_dir", type=str, default="./dataset_raw", help="source folder, one sub-folder per speaker")
+    parser.add_argument("--out_dir2", type=str, default="./dataset/44k", help="output folder")
+    parser.add_argument("--skip_loudnorm", action="store_true", help="skip the peak normalisation")
+    parser.add_argument("--loudnorm", type=float, default=None, metavar="LUFS",
+                        help="normalise to this integrated loudness (e.g. -23) instead of the peak; "
+                             "the gain is lowered where it would clip")
+    parser.add_argument("--num_processes", type=int, default=default_workers(),
+                        help="parallel worker processes (default as 4.1: cores - 2 above 4 cores, else 1)")
+    parser.add_argument("--force", action="store_true", help="redo files whose output is already up to date")
+    args = parser.parse_args()
+    if args.loudnorm is not None and args.skip_loudnorm:
+        parser.error("--loudnorm and --skip_loudnorm exclude each other")
+    if args.sr2 <= 0 or args.num_processes < 1:
+        parser.error("--sr2 and --num_processes must be positive")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    settings = ResampleSettings(sr=args.sr2, peak_normalise=not args.skip_loudnorm, lufs=args.loudnorm,
+                                force=args.force)
+    report = resample_dataset(Path(args.in_dir), Path(args.out_dir2), settings, args.num_processes)
+    report.log(f"resample.py -> {args.out_dir2}")
+    if not report.done and not report.skipped:
+        raise SvcError(f"no audio file in {args.in_dir}/<speaker>/ could be converted")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

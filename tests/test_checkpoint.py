@@ -1,0 +1,118 @@
+"""Checkpoints: 4.1's keys, strict round trip, 4.1-format dicts and base models resume, shape reports,
+latest/keep_ckpts by the step in the file name, safe loading."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from loguru import logger
+
+from modules.checkpoint import (checkpoint_step, latest_pair, load_weights, prune_checkpoints, read_checkpoint,
+                                save_checkpoint)
+from modules.errors import SvcError, UnsafeFileError
+from modules.training import RunOptions, build_generator, build_state, restore, save
+from tests.test_train import tiny_config
+
+
+@pytest.fixture
+def hps(tmp_path):
+    return tiny_config(tmp_path / "data")
+
+
+@pytest.fixture
+def captured():
+    lines = []
+    sink = logger.add(lines.append, level="WARNING", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+def _state(hps, seed):
+    torch.manual_seed(seed)
+    return build_state(hps, torch.device("cpu"), build_generator)
+
+
+def test_save_has_41_keys_and_loads_strictly(tmp_path, hps):
+    state = _state(hps, 0)
+    state.epoch, state.epoch_step = 3, 1
+    save(state, hps, tmp_path, 12)
+    g = read_checkpoint(tmp_path / "G_12.pth")
+    assert {"model", "iteration", "optimizer", "learning_rate"} <= set(g)
+    assert g["iteration"] == 3 and g["learning_rate"] == hps.train.learning_rate
+    assert g["global_step"] == 12 and not any(k.startswith("module.") for k in g["model"])
+
+    fresh = _state(hps, 1)
+    restore(fresh, tmp_path)
+    assert (fresh.epoch, fresh.step, fresh.epoch_step) == (3, 13, 1)
+    for net_a, net_b in ((state.net_g, fresh.net_g), (state.net_d, fresh.net_d)):
+        for (key, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+            assert torch.equal(a, b), key
+
+
+def test_41_format_checkpoint_resumes_at_next_step(tmp_path, hps):
+    state = _state(hps, 0)
+    for kind, net, optim in (("G", state.net_g, state.optim_g), ("D", state.net_d, state.optim_d)):
+        torch.save({"model": net.state_dict(), "iteration": 7, "optimizer": optim.state_dict(),
+                    "learning_rate": 1e-4}, tmp_path / f"{kind}_800.pth")
+    fresh = _state(hps, 1)
+    restore(fresh, tmp_path)
+    assert (fresh.epoch, fresh.step, fresh.epoch_step) == (7, 801, 0)
+    torch.testing.assert_close(fresh.net_g.state_dict(), state.net_g.state_dict())
+
+
+def test_base_model_with_other_speaker_count_reports_shapes(tmp_path, hps, captured):
+    other = tiny_config(tmp_path / "data")
+    other.model.n_speakers = 5
+    base = _state(other, 0)
+    save_checkpoint(tmp_path / "G_0.pth", base.net_g, None, epoch=0, learning_rate=1e-4)
+    save_checkpoint(tmp_path / "D_0.pth", base.net_d, None, epoch=0, learning_rate=1e-4)
+    state = _state(hps, 1)
+    emb_before = state.net_g.emb_g.weight.detach().clone()
+    restore(state, tmp_path)
+    assert state.step == 1 and state.epoch == 1
+    assert any("emb_g.weight has shape (5, 16) in the file but (2, 16) in the model" in line for line in captured)
+    assert torch.equal(state.net_g.emb_g.weight, emb_before)  # kept its initial value
+    torch.testing.assert_close(state.net_g.pre.weight, base.net_g.pre.weight)
+
+
+def test_strict_load_names_problems(hps):
+    model = _state(hps, 0).net_g
+    weights = dict(model.state_dict())
+    weights.pop("pre.bias")
+    weights["emb_g.weight"] = torch.zeros(9, 16)
+    with pytest.raises(SvcError, match=r"1 missing key\(s\) \(pre.bias\).*emb_g.weight file \(9, 16\) vs model \(2, 16\)"):
+        load_weights(model, weights, strict=True)
+    compressed = {k: v for k, v in model.state_dict().items() if not k.startswith("enc_q.")}
+    assert load_weights(model, compressed, strict=True, allow_missing=("enc_q.",)).complete
+
+
+def test_step_comes_from_the_file_name_only(tmp_path):
+    run = tmp_path / "run99"
+    run.mkdir()
+    for step in (0, 9, 10, 12):
+        (run / f"G_{step}.pth").write_bytes(b"x")
+    for step in (0, 9, 10):
+        (run / f"D_{step}.pth").write_bytes(b"x")
+    assert checkpoint_step(run / "G_10.pth") == 10 and checkpoint_step(run / "G_10.pth.tmp") is None
+    assert latest_pair(run) == (10, run / "G_10.pth", run / "D_10.pth")  # G_12 has no D: not a pair
+    removed = prune_checkpoints(run, keep=1)  # keeps the newest complete pair, G_0/D_0 and the newer G_12
+    assert sorted(p.name for p in run.iterdir()) == ["D_0.pth", "D_10.pth", "G_0.pth", "G_10.pth", "G_12.pth"]
+    assert sorted(p.name for p in removed) == ["D_9.pth", "G_9.pth"]
+    assert prune_checkpoints(run, keep=0) == []
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "G_5.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _Payload()}, f, protocol=2)
+    with pytest.raises(UnsafeFileError):
+        read_checkpoint(path)
+    torch.save({"iteration": 1}, tmp_path / "G_6.pth")
+    with pytest.raises(SvcError, match="not a So-VITS checkpoint"):
+        read_checkpoint(tmp_path / "G_6.pth")
