@@ -60,8 +60,8 @@ def main() -> None:
                                           args.tolerance, overwrite=True)
         print(f"encoder: {path}")
         return
-    if min(args.parity_frames) < 5:
-        raise SvcError("--parity_frames values must be at least 5")
+    if min(args.parity_frames) < 1:
+        raise SvcError("--parity_frames values must be positive frame counts")
     result = export_for_moevs(ExportOptions(
         name=args.model_name, model_path=args.model_path or project / "model.pth", config_path=config_path,
         output_dir=args.output_dir, plain_sid=args.plain_sid, source_noise=args.source_noise, kmeans=args.kmeans,

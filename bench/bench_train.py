@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/bench_train.py [--steps 4] [--configs default tiny]
 
-Each (config, loop) pair runs in its own process, so its peak RSS is its own. "ours" is
-`modules.training.train_step`; "4.1-loop" re-enacts 4.1's step with the same generator: the full-batch mel,
-the discriminator run separately on real and generated audio with 2-D period convs, and the generator pass
-through the discriminator with its weight gradients on. Data loading (DataLoader, num_workers 0) is inside the
-timed step; checkpointing is not. The first step is a warm-up and is not counted.
+Each (config, loop) pair runs in its own process, so its peak RSS is its own. The data are 8 generated clips
+of 2–8 s (real datasets vary in length too). "ours" is `modules.training.train_step` with our length-bucketed
+batches; "4.1-loop" re-enacts 4.1's step with the same generator: batches in a fixed random order without
+bucketing, the full-batch mel, the discriminator run separately on real and generated audio with 2-D period
+convs, and the generator pass through the discriminator with its weight gradients on. Data loading
+(DataLoader, num_workers 0) is inside the timed step; checkpointing is not. The first step is a warm-up.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = {"default": "config_template.json", "tiny": "config_tiny_template.json"}
+CLIP_SECONDS = (2.0, 7.0, 3.0, 8.0, 4.0, 5.0, 2.5, 6.0)
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,7 +31,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up)")
     parser.add_argument("--configs", nargs="+", default=list(TEMPLATES), choices=list(TEMPLATES))
     parser.add_argument("--loops", nargs="+", default=["ours", "4.1-loop"], choices=["ours", "4.1-loop"])
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each generated clip")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "LOOP"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -99,8 +100,11 @@ def _period_41(disc, audio):
     return torch.flatten(x, 1, -1), fmaps
 
 
-def run_child(config_name: str, loop: str, steps: int, seconds: float) -> dict:
+def run_child(config_name: str, loop: str, steps: int) -> dict:
     import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+    from modules.dataset import collate
 
     from modules.config import load_template
     from modules.dataset import write_synthetic_dataset
@@ -108,8 +112,10 @@ def run_child(config_name: str, loop: str, steps: int, seconds: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         hps = load_template(TEMPLATES[config_name])
-        paths = write_synthetic_dataset(Path(tmp) / "dataset", ["a", "b"], items_per_speaker=4, seconds=seconds,
-                                        ssl_dim=hps.model.ssl_dim)
+        paths = []
+        for i, seconds in enumerate(CLIP_SECONDS):
+            paths += write_synthetic_dataset(Path(tmp) / f"part{i}", ["ab"[i % 2]], items_per_speaker=1,
+                                             seconds=seconds, ssl_dim=hps.model.ssl_dim, seed=i)
         (Path(tmp) / "list.txt").write_text("\n".join(paths) + "\n")
         hps.data.training_files = hps.data.validation_files = str(Path(tmp) / "list.txt")
         hps.train.batch_size = 2
@@ -118,11 +124,15 @@ def run_child(config_name: str, loop: str, steps: int, seconds: float) -> dict:
         state = build_state(hps, torch.device("cpu"), build_generator)
         loader, sampler, _ = make_loaders(hps, Dist(), RunOptions(model_dir=Path(tmp), num_workers=0),
                                           torch.device("cpu"))
+        if loop != "ours":  # 4.1: one fixed random order, batches padded to their longest item
+            order = BatchSampler(RandomSampler(loader.dataset, generator=torch.Generator().manual_seed(1234)), 2,
+                                 drop_last=False)
+            loader = DataLoader(loader.dataset, batch_sampler=order, collate_fn=collate, num_workers=0)
         times = []
         epoch = 0
         while len(times) < steps + 1:
             epoch += 1
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)  # (unused by the 4.1 loader)
             iterator = iter(loader)
             while len(times) < steps + 1:
                 start = time.perf_counter()
@@ -144,13 +154,12 @@ def run_child(config_name: str, loop: str, steps: int, seconds: float) -> dict:
 def main() -> None:
     args = parse_args()
     if args.child:
-        print(json.dumps(run_child(*args.child, args.steps, args.seconds)))
+        print(json.dumps(run_child(*args.child, args.steps)))
         return
     results = []
     for config_name in args.configs:
         for loop in args.loops:
-            command = [sys.executable, __file__, "--steps", str(args.steps), "--seconds", str(args.seconds),
-                       "--child", config_name, loop]
+            command = [sys.executable, __file__, "--steps", str(args.steps), "--child", config_name, loop]
             out = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
                                  env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
             if out.returncode != 0:

@@ -136,7 +136,8 @@ def mirror_url(url: str, base_url: str | None) -> str:
 def is_safe_member(name: str) -> bool:
     """A zip member name that stays inside the folder it is extracted to."""
     path = PurePosixPath(name.replace("\\", "/"))
-    return bool(name) and not path.is_absolute() and ".." not in path.parts and ":" not in path.parts[0]
+    parts = path.parts
+    return bool(parts) and not path.is_absolute() and ".." not in parts and ":" not in parts[0]
 
 
 def extract_members(zip_path: str | os.PathLike, wanted: Mapping[str, str | os.PathLike]) -> list[Path]:
@@ -244,6 +245,10 @@ def fetch_pretrained(names: list[str], pretrain_dir: str | os.PathLike = "pretra
         except SvcError as error:
             logger.error(str(error))
             result.failed.extend(entry.files)
+            kept = [file for file in entry.files if (pretrain_dir / file).is_file()]
+            if kept:
+                logger.warning(f"kept the existing {', '.join(kept)} in {pretrain_dir}, which is not the published "
+                               "file")
     for file in manual:
         if (pretrain_dir / file).is_file():
             result.present.append(file)
@@ -321,7 +326,10 @@ def raise_if_incomplete(result: FetchResult, pretrain_dir: str | os.PathLike = "
         logger.info(f"downloaded: {', '.join(result.fetched)}")
     if result.present:
         logger.info(f"already present: {', '.join(result.present)}")
-    missing = result.failed + result.manual
-    if missing:
-        raise SvcError(f"still missing in {pretrain_dir}: {', '.join(missing)} (see the messages above for "
-                       "where to get each file)")
+    problems = []
+    if result.failed:
+        problems.append(f"could not download {', '.join(result.failed)}")
+    if result.manual:
+        problems.append(f"still missing {', '.join(result.manual)}")
+    if problems:
+        raise SvcError(f"{'; '.join(problems)} (in {pretrain_dir}; the messages above say where to get each file)")

@@ -332,8 +332,14 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False
 
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
+    @contextlib.contextmanager
+    def installed(self):
+        """Handle SIGINT while the block runs, then restore the previous handler."""
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -363,6 +369,9 @@ def make_loaders(hps: HParams, dist_info: Dist, options: RunOptions, device: tor
 
 
 def check_config(hps: HParams) -> None:
+    for section in ("train", "data", "model", "spk"):
+        if section not in hps:
+            raise SvcError(f"the config has no '{section}' section; is it a So-VITS config.json?")
     speakers = dict(hps.spk)
     if speakers and max(speakers.values()) >= int(hps.model.n_speakers):
         raise SvcError(f"config spk has ids up to {max(speakers.values())} but model.n_speakers is "
@@ -388,13 +397,12 @@ def train(hps: HParams, options: RunOptions, dist_info: Dist | None = None,
         state.ddp_g = DistributedDataParallel(state.net_g, device_ids=ids)
         state.ddp_d = DistributedDataParallel(state.net_d, device_ids=ids)
     board = Board(model_dir) if dist_info.is_main else None
-    stop = StopFlag()
-    stop.install()
     logger.info(f"rank {dist_info.rank}/{dist_info.world_size} on {device}: "
                 f"{len(sampler.rank_batches(state.epoch))} batches per epoch, "
                 f"first batch {sampler.rank_batches(state.epoch)[0]}")
     try:
-        return _loop(state, hps, options, dist_info, loader, sampler, val_loader, board, stop, device)
+        with StopFlag().installed() as stop:
+            return _loop(state, hps, options, dist_info, loader, sampler, val_loader, board, stop, device)
     finally:
         if board is not None:
             board.close()

@@ -13,9 +13,9 @@ decoder runs its own forward with `m_source` swapped for the frame-rate source o
 
 Exporter: torch.onnx.export with dynamo=False (the TorchScript tracer), opset 16, as 4.1 and MoeVS use.
 The tracer needs nothing beyond torch and gives the op set MoeVS's ONNX Runtime builds are known to run;
-the dynamo exporter would add onnxscript as a dependency and emits newer-opset graphs. One consequence of
-tracing: the prior encoder's relative-position window is laid out for inputs of more than 4 frames, so the
-graph needs F >= 5 (MoeVS slices are far longer).
+the dynamo exporter would add onnxscript as a dependency and emits newer-opset graphs. Tracing records the
+Python-side shape arithmetic of one dummy length; the parity check runs other lengths to prove the axes
+really are dynamic (the graph has been checked from 1 frame up).
 """
 from __future__ import annotations
 

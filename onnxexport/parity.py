@@ -99,8 +99,8 @@ class OnnxRunner:
                 onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch is allowed
-        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
+        source = model.SerializeToString() if random_nodes else str(path)
+        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         return cls(session, tuple(node.op_type for node in random_nodes))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, SourceDraws | None]:

@@ -44,3 +44,11 @@ def test_compress_missing_input_is_a_clear_error(tmp_path):
     result = run_script("compress_model.py", "-c", tmp_path / "config.json", "-i", tmp_path / "G_1.pth", check=False)
     assert result.returncode == 1
     assert "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scripts_help_in_an_empty_folder(tmp_path):
+    for script, flags in (("train.py", ["--logs_dir", "--cpu_processes", "--max_steps"]),
+                          ("compress_model.py", ["-hf", "--half", "-o"])):
+        result = run_script(script, "--help", cwd=tmp_path)
+        assert all(flag in result.stdout for flag in flags)
+    assert list(tmp_path.iterdir()) == []

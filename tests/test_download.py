@@ -49,7 +49,7 @@ class Server:
         self.root = root
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def put(self, url_path: str, data: bytes) -> str:
         """Serve `data` at `url_path`; return its full URL."""
@@ -174,7 +174,7 @@ def test_mirror_url_keeps_the_path():
 
 @pytest.mark.parametrize("name, safe", [("model.pt", True), ("a/b/model", True), ("../x", False),
                                         ("a/../../x", False), ("/etc/x", False), ("..\\x", False),
-                                        ("C:/x", False)])
+                                        ("C:/x", False), (".", False), ("", False)])
 def test_is_safe_member(name, safe):
     assert is_safe_member(name) is safe
 
@@ -249,7 +249,7 @@ def test_script_refuses_a_file_that_does_not_match_the_published_hash(server, tm
                         "--base_url", server.url, check=False)
     assert result.returncode == 1
     assert "wrong sha256: expected ed3a0b6b" in result.stderr and sha256(PAYLOAD) in result.stderr
-    assert "still missing" in result.stderr and "Traceback" not in result.stderr
+    assert "could not download base.pt" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path / "pretrain") == []
 
 
@@ -268,6 +268,13 @@ def test_script_downloads_skips_and_repairs(server, tmp_path, closed_url):
     result = run_script("download_pretrained.py", *args, "--base_url", server.url)
     assert "does not match the published sha256" in result.stderr
     assert (pretrain / "base.pt").read_bytes() == PAYLOAD
+    # another file there and no network: the file stays, the run says what happened
+    (pretrain / "base.pt").write_bytes(b"encoder-only copy")
+    result = run_script("download_pretrained.py", *args, "--base_url", unreachable, check=False)
+    assert result.returncode == 1 and "connection refused" in result.stderr
+    assert "kept the existing base.pt" in result.stderr
+    assert (pretrain / "base.pt").read_bytes() == b"encoder-only copy"
+    assert leftovers(pretrain) == ["base.pt"]
 
 
 def test_script_unpacks_zips_and_explains_manual_files(server, tmp_path, monkeypatch):
@@ -285,7 +292,8 @@ def test_script_unpacks_zips_and_explains_manual_files(server, tmp_path, monkeyp
     assert result.returncode == 1
     assert "lj1995/VoiceConversionWebUI" in result.stderr
     assert f"put it at {pretrain / 'checkpoint_best_legacy_500.pt'}" in result.stderr
-    assert "still missing in" in result.stderr and "checkpoint_best_legacy_500.pt" in result.stderr.splitlines()[-1]
+    assert "still missing checkpoint_best_legacy_500.pt (in" in result.stderr.splitlines()[-1]
+    assert "could not download" not in result.stderr
 
 
 def test_script_list_and_bad_name(tmp_path):

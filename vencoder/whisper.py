@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from loguru import logger
 from torch import nn
 
 from modules.dsp import hann_window, mel_filterbank
@@ -127,6 +128,9 @@ def load_audio_encoder(path: str | Path) -> AudioEncoder:
     checkpoint = safe_torch_load(path)
     if not isinstance(checkpoint, dict):
         raise SvcError(f"{path} is not a Whisper checkpoint (expected a dict with 'model_state_dict')")
+    if checkpoint.get("random_weights"):
+        logger.warning(f"{path} holds RANDOM weights (the demo's last-resort placeholder): converted voices "
+                       "will not sound like the target speaker")
     state = checkpoint.get("model_state_dict", checkpoint)
     prefix = "encoder."
     encoder_state = {k[len(prefix):]: v for k, v in state.items()
