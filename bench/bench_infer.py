@@ -133,12 +133,14 @@ def test_signal(seconds: float, sr: int = SR) -> np.ndarray:
 # ----- timing ----------------------------------------------------------------------------------------------
 
 def timed(function: Callable, totals: dict[str, float], stage: str) -> Callable:
+    """Add each call's wall time to totals[stage] and its process CPU time to totals[stage + ' cpu']."""
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             return function(*args, **kwargs)
         finally:
             totals[stage] += time.perf_counter() - start
+            totals[stage + " cpu"] += time.process_time() - start_cpu
     return wrapper
 
 
@@ -172,14 +174,12 @@ def stage_timers(svc: Svc, predictor_name: str, opts: ConversionOptions) -> Iter
 
 def run_once(svc: Svc, audio: np.ndarray, opts: ConversionOptions) -> dict[str, float]:
     with stage_timers(svc, opts.f0_predictor, opts) as totals:
-        start = time.perf_counter()
-        out = svc.convert(audio, SR, opts)
-        total = time.perf_counter() - start
+        out = timed(svc.convert, totals, "total")(audio, SR, opts)
     if len(out) != len(audio) or not np.isfinite(out).all():
         raise RuntimeError("conversion produced wrong-length or non-finite audio")
     result = dict(totals)
-    result["other"] = total - sum(result.get(s, 0.0) for s in STAGES[:-1])
-    result["total"] = total
+    for suffix in ("", " cpu"):
+        result["other" + suffix] = result["total" + suffix] - sum(result.get(s + suffix, 0.0) for s in STAGES[:-1])
     return result
 
 
@@ -187,18 +187,23 @@ def bench_predictor(svc: Svc, audio: np.ndarray, predictor: str, repeat: int) ->
     opts = ConversionOptions(speaker="speaker0", f0_predictor=predictor)
     run_once(svc, audio[:SR * 12], opts)  # warm-up: builds the predictor, first-call allocations
     runs = [run_once(svc, audio, opts) for _ in range(repeat)]
-    return {key: statistics.median(run.get(key, 0.0) for run in runs) for key in (*STAGES, "total")} | {
+    keys = [stage + suffix for stage in (*STAGES, "total") for suffix in ("", " cpu")]
+    return {key: statistics.median(run.get(key, 0.0) for run in runs) for key in keys} | {
         "spread": max(r["total"] for r in runs) - min(r["total"] for r in runs)}
 
 
 def print_table(seconds: float, results: dict[str, dict[str, float]]) -> None:
-    header = f"{'f0':<7}" + "".join(f"{s:>11}" for s in (*STAGES, "total")) + f"{'RTF':>8}{'spread':>9}"
+    columns = (*STAGES, "total")
+    header = f"{'f0':<7}{'clock':<6}" + "".join(f"{s:>11}" for s in columns) + f"{'RTF':>8}{'spread':>9}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        cells = "".join(f"{r[s]:>10.2f}s" for s in (*STAGES, "total"))
-        print(f"{name:<7}{cells}{r['total'] / seconds:>8.3f}{r['spread']:>8.2f}s")
-    print("(seconds, median over repeats; RTF = wall seconds per second of audio; spread = max - min total)")
+        for clock, suffix in (("wall", ""), ("cpu", " cpu")):
+            cells = "".join(f"{r[s + suffix]:>10.2f}s" for s in columns)
+            spread = f"{r['spread']:>8.2f}s" if clock == "wall" else ""
+            print(f"{name:<7}{clock:<6}{cells}{r['total' + suffix] / seconds:>8.3f}{spread}")
+    print("seconds, median over repeats. wall: elapsed time; cpu: process CPU time (all threads), less\n"
+          "sensitive to other load on the machine. RTF = seconds per second of audio; spread = max - min wall total.")
 
 
 def main() -> None:

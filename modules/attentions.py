@@ -51,6 +51,27 @@ def absolute_to_relative(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, h, length, 2 * length)[:, :, :, 1:]
 
 
+def band_to_absolute(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Banded relative logits `[B, H, L, 2w+1]` (column o = offset o-w) -> `[B, H, L, L]`, zero off the band.
+
+    Output[i, j] = x[i, j - i + w] where |j - i| <= w. The same skew as `relative_to_absolute`, but the
+    input holds only the 2w+1 offsets a window can see, so no `[L, 2L-1]` logits are ever computed.
+    """
+    b, h, length, _ = x.shape
+    x = F.pad(x, (0, length))  # [B, H, L, L+2w+1]
+    x = x.reshape(b, h, length * (length + 2 * window + 1))[:, :, :length * (length + 2 * window)]
+    return x.reshape(b, h, length, length + 2 * window)[:, :, :, window:window + length]
+
+
+def absolute_to_band(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Inverse of `band_to_absolute`: `[B, H, L, L]` -> `[B, H, L, 2w+1]` with output[i, o] = x[i, i + o - w]
+    (0 where that key lies outside the sequence)."""
+    b, h, length, _ = x.shape
+    x = F.pad(x, (window, window + 1))  # [B, H, L, L+2w+1]
+    x = F.pad(x.reshape(b, h, length * (length + 2 * window + 1)), (0, length))
+    return x.reshape(b, h, length, length + 2 * window + 2)[:, :, :, :2 * window + 1]
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention with 1x1-conv projections on `[B, C, T]`.
 
@@ -91,21 +112,25 @@ class MultiHeadAttention(nn.Module):
         value = self.conv_v(context).view(b, self.n_heads, self.k_channels, t_k).transpose(2, 3)
         query = query / math.sqrt(self.k_channels)
         scores = torch.matmul(query, key.transpose(-2, -1))  # [B, H, Tq, Tk]
-        if self.window_size is not None:
-            rel_k = self._relative_embeddings(self.emb_rel_k, t_k)  # [1, 2T-1, d]
-            scores = scores + relative_to_absolute(torch.matmul(query, rel_k.unsqueeze(0).transpose(-2, -1)))
+        inplace = not torch.is_grad_enabled()  # at inference, update the [B, H, T, T] scores without copies
+        if self.window_size is not None:  # self-attention: Tq == Tk; only offsets within the window count
+            rel_logits = torch.matmul(query, self.emb_rel_k.transpose(-2, -1).unsqueeze(0))  # [B, H, T, 2w+1]
+            band = band_to_absolute(rel_logits, self.window_size)
+            scores = scores.add_(band) if inplace else scores + band
         if attn_mask is not None:
-            scores = scores.masked_fill(attn_mask == 0, -1e4)
+            scores = scores.masked_fill_(attn_mask == 0, -1e4) if inplace else scores.masked_fill(attn_mask == 0, -1e4)
         weights = self.drop(F.softmax(scores, dim=-1))
         out = torch.matmul(weights, value)  # [B, H, Tq, d]
         if self.window_size is not None:
-            rel_v = self._relative_embeddings(self.emb_rel_v, t_k)
-            out = out + torch.matmul(absolute_to_relative(weights), rel_v.unsqueeze(0))
+            out = out + torch.matmul(absolute_to_band(weights, self.window_size), self.emb_rel_v.unsqueeze(0))
         out = out.transpose(2, 3).contiguous().view(b, channels, t_q)
         return self.conv_o(out)
 
     def _relative_embeddings(self, table: torch.Tensor, length: int) -> torch.Tensor:
         """Embeddings for offsets -(L-1)..L-1: the learned window, zero beyond it. `[1, 2L-1, d]`.
+
+        The reference definition of the relative terms (`relative_to_absolute(q @ this^T)` and
+        `absolute_to_relative(weights) @ this`); `forward` computes the same sums over the window only.
 
         Padding by L-1 on both sides and slicing from `window` needs no branch on L, so a traced (ONNX)
         graph stays valid for every length.

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from modules import dsp, losses
 from modules.checkpoint import (latest_pair, load_weights, optimizer_fits, prune_checkpoints, read_checkpoint,
-                                save_checkpoint, unwrap)
+                                save_checkpoint)
 from modules.config import HParams, save_config
 from modules.dataset import Batch, BucketSampler, DataOptions, SpeakerDataset, collate
 from modules.discriminator import MultiPeriodDiscriminator

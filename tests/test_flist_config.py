@@ -149,25 +149,6 @@ def test_missing_or_empty_dataset_is_a_clear_error(tmp_path):
     assert not (tmp_path / "configs").exists()
 
 
-@pytest.mark.slow
-def test_demo_prepares_the_bundled_samples(tmp_path):
-    """demo.py's data-preparation steps on samples/: slice, resample, filelists and tiny config."""
-    result = run_script("demo.py", "--work_dir", tmp_path / "work")
-    work = tmp_path / "work"
-    clips = sorted((work / "dataset_raw_sliced").rglob("*.wav"))
-    wavs = sorted((work / "dataset/44k").rglob("*.wav"))
-    assert [p.relative_to(work / "dataset/44k") for p in wavs] == [p.relative_to(work / "dataset_raw_sliced")
-                                                                    for p in clips]
-    assert len(clips) >= 8
-    for path in wavs:
-        info = soundfile.info(path)
-        assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16") and info.duration <= 5.0
-    config = json.loads((work / "configs/config.json").read_text(encoding="utf-8"))
-    assert config["spk"] == {"sms_tools": 0, "vocadito": 1} and config["model"]["filter_channels"] == 512
-    val = (work / "filelists/val.txt").read_text(encoding="utf-8").splitlines()
-    train = (work / "filelists/train.txt").read_text(encoding="utf-8").splitlines()
-    assert len(val) == 4 and len(train) == len(wavs) - 4
-    assert "demo finished" in result.stdout and "Traceback" not in result.stderr
 
 
 def test_bundled_samples_are_the_credited_files():

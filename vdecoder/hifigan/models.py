@@ -137,14 +137,16 @@ class ResBlock1(nn.Module):
         if activation is not None:
             self.activations = nn.ModuleList(activation(channels) for _ in range(2 * len(dilation)))
 
-    def _act(self, index: int, x: torch.Tensor) -> torch.Tensor:
+    def _act(self, index: int, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if hasattr(self, "activations"):
             return self.activations[index](x)
-        return F.leaky_relu(x, LRELU_SLOPE)
+        return F.leaky_relu(x, LRELU_SLOPE, inplace=inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inplace = not torch.is_grad_enabled()  # without autograd, fresh conv outputs can be overwritten
         for i, (conv1, conv2) in enumerate(zip(self.convs1, self.convs2)):
-            x = x + conv2(self._act(2 * i + 1, conv1(self._act(2 * i, x))))
+            h = self._act(2 * i + 1, conv1(self._act(2 * i, x)), inplace)
+            x = conv2(h).add_(x) if inplace else x + conv2(h)
         return x
 
     def remove_weight_norm(self) -> None:
@@ -225,12 +227,13 @@ class Generator(nn.Module):
         excitation = excitation.transpose(1, 2).to(x.dtype)  # [B, 1, N]; f0 may be float32 in a half model
         if g is not None:
             x = x + self.cond(g)
+        inplace = not torch.is_grad_enabled()  # saves a temporary per elementwise op at inference
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs)):
-            x = self.snakes[i](x) if hasattr(self, "snakes") else F.leaky_relu(x, LRELU_SLOPE)
-            x = up(x) + noise_conv(excitation)
+            x = self.snakes[i](x) if hasattr(self, "snakes") else F.leaky_relu(x, LRELU_SLOPE, inplace=inplace)
+            x = up(x).add_(noise_conv(excitation)) if inplace else up(x) + noise_conv(excitation)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            x = sum(block(x) for block in blocks) / self.num_kernels
-        x = self.snake_post(x) if hasattr(self, "snake_post") else F.leaky_relu(x)  # 4.1: default slope 0.01
+            x = _mean_of(blocks, x, inplace)
+        x = self.snake_post(x) if hasattr(self, "snake_post") else F.leaky_relu(x, inplace=inplace)  # 4.1: slope 0.01
         return torch.tanh(self.conv_post(x))
 
     def remove_weight_norm(self) -> None:
@@ -238,3 +241,12 @@ class Generator(nn.Module):
             remove_weight_norm(module)
         for block in self.resblocks:
             block.remove_weight_norm()
+
+
+def _mean_of(blocks: Sequence[nn.Module], x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """(blocks[0](x) + blocks[1](x) + ...) / len(blocks), summed left to right; in place when allowed
+    (the same float operations in the same order, without a temporary per addition)."""
+    total = blocks[0](x)
+    for block in blocks[1:]:
+        total = total.add_(block(x)) if inplace else total + block(x)
+    return total.div_(len(blocks)) if inplace else total / len(blocks)
