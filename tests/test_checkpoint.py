@@ -11,7 +11,7 @@ from loguru import logger
 from modules.checkpoint import (checkpoint_step, latest_pair, load_weights, prune_checkpoints, read_checkpoint,
                                 save_checkpoint)
 from modules.errors import SvcError, UnsafeFileError
-from modules.training import RunOptions, build_generator, build_state, restore, save
+from modules.training import build_generator, build_state, restore, save
 from tests.test_train import tiny_config
 
 

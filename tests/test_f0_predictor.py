@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ASSETS, FIXTURES, VECTORS
+from conftest import ASSETS, FIXTURES
 from f0_predictor import F0_PREDICTORS, get_f0_predictor
 from f0_predictor.base import interpolate_unvoiced, resample_ceil, resize_nearest, resize_skipping_unvoiced
 from modules.errors import ConfigError, MissingPretrainedError

@@ -137,6 +137,21 @@ def test_enhancer(workdir):
     assert sr == SR and abs(len(audio) - 1.5 * SR) <= 512 and np.isfinite(audio).all()
 
 
+def test_compressed_fp16_model_with_an_old_config(workdir):
+    """A compress_model.py -hf release file and a config lacking 4.1's newer keys, as 4.0-era users have."""
+    run_script("compress_model.py", "-c", "config.json", "-i", "G_1.pth", "-o", "G_1_release_half.pth", "-hf",
+               cwd=workdir)
+    config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+    for key in ("speech_encoder", "vol_embedding"):
+        del config["model"][key]
+    del config["data"]["unit_interpolate_mode"]
+    (workdir / "old_config.json").write_text(json.dumps(config), encoding="utf-8")
+    run_script("inference_main.py", "-m", "G_1_release_half.pth", "-c", "old_config.json", "-d", "cpu",
+               "-n", "歌.flac", "-s", "tenor", "--results_dir", "results/old", cwd=workdir)
+    audio, _ = read(workdir, "old/歌.flac_0key_tenor_sovits_pm.flac")
+    assert abs(len(audio) - 1.5 * SR) <= 512 and np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
 def test_silence_and_very_short_inputs(workdir):
     convert(workdir, "-n", "silence.wav", "short.wav", "-s", "alto")
     silence, _ = read(workdir, "silence.wav_0key_alto_sovits_pm.flac")

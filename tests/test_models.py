@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models import (MultiPeriodDiscriminator, SynthesizerConfig, SynthesizerTrn, load_generator_weights)
-from modules.attentions import MultiHeadAttention, absolute_to_relative, relative_to_absolute
+from modules.attentions import (MultiHeadAttention, absolute_to_band, absolute_to_relative, band_to_absolute,
+                                relative_to_absolute)
 from modules.config import load_template
 from modules.dsp import f0_to_coarse
 from modules.errors import SvcError
@@ -431,3 +432,18 @@ def test_onnx_pieces_export_with_dynamic_length(tmp_path, model):
             assert float(abs(torch.from_numpy(audio) - audio_ref).max()) < 0.05 * float(audio_ref.abs().max())
     finally:
         model.dec.onnx_mode = False
+
+
+def test_windowed_relative_terms_equal_the_full_skew():
+    """The banded relative-position terms used at run time equal the full [T, 2T-1] formulation."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(8, 8, 2, window_size=2).eval()
+    table_k, table_v = attn.emb_rel_k.detach(), attn.emb_rel_v.detach()
+    for length in (1, 2, 3, 7):
+        q = torch.randn(1, 2, length, 4)
+        w = torch.softmax(torch.randn(1, 2, length, length), -1)
+        rel_k = attn._relative_embeddings(table_k, length)
+        rel_v = attn._relative_embeddings(table_v, length)
+        torch.testing.assert_close(band_to_absolute(q @ table_k.transpose(1, 2)[None], 2),
+                                   relative_to_absolute(q @ rel_k.transpose(1, 2)[None]))
+        torch.testing.assert_close(absolute_to_band(w, 2) @ table_v[None], absolute_to_relative(w) @ rel_v[None])
