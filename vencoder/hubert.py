@@ -15,8 +15,8 @@ from modules.errors import ConfigError
 from modules.pretrained import require_pretrained
 from vencoder.encoder import SpeechEncoder
 from vencoder.safe_pickle import FAIRSEQ_STAND_INS, Namespace, load_checkpoint, to_plain
-from vencoder.wav2vec2 import (LayerDims, Wav2Vec2Dims, Wav2Vec2Model, build_model, parse_conv_layers,
-                               rename_keys)
+from vencoder.wav2vec2 import (LayerDims, Wav2Vec2Dims, Wav2Vec2Model, build_model, extractor_norm,
+                               parse_conv_layers, rename_keys)
 
 # fairseq HubertConfig defaults, used for fields a file does not carry.
 HUBERT_DEFAULTS: dict[str, Any] = {
@@ -74,18 +74,14 @@ def fairseq_dims(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) ->
     if config["layer_type"] != "transformer" or config["conv_pos_batch_norm"] or config.get("pos_conv_depth", 1) > 1:
         raise ConfigError("this fairseq checkpoint uses a transformer variant (conformer, batch-norm or deep "
                           "positional conv) that is not supported")
-    if config["activation_fn"] != "gelu":
-        raise ConfigError(f"activation '{config['activation_fn']}' is not supported (only gelu)")
-    modes = {"default": "group_norm", "layer_norm": "layer_norm"}
-    if config["extractor_mode"] not in modes:
-        raise ConfigError(f"unknown extractor_mode '{config['extractor_mode']}'")
+    norm = extractor_norm(config)
     conv_layers = parse_conv_layers(str(config["conv_feature_layers"]))
     dim, heads = int(config["encoder_embed_dim"]), int(config["encoder_attention_heads"])
     layer = LayerDims(heads=heads, head_dim=dim // heads, ffn_dim=int(config["encoder_ffn_embed_dim"]))
     final_proj = state_dict.get("final_proj.weight")
     return Wav2Vec2Dims(
         conv_layers=conv_layers,
-        extractor_mode=modes[config["extractor_mode"]],
+        extractor_mode=norm,
         conv_bias=bool(config["conv_bias"]),
         embed_dim=dim,
         layers=(layer,) * int(config["encoder_layers"]),

@@ -14,6 +14,7 @@ import ast
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,16 @@ class Wav2Vec2Dims:
     final_dim: int = 0                       # size of final_proj (0: no final_proj)
     channel_scale: bool = False              # DPHuBERT: per-channel scale on the conv features
     relative_position: RelativePositionDims | None = None
+
+
+def extractor_norm(config: dict[str, Any]) -> str:
+    """The feature extractor's norm for fairseq's `extractor_mode`, after checking the activation we support."""
+    if config["activation_fn"] != "gelu":
+        raise ConfigError(f"activation '{config['activation_fn']}' is not supported (only gelu)")
+    modes = {"default": "group_norm", "layer_norm": "layer_norm"}
+    if config["extractor_mode"] not in modes:
+        raise ConfigError(f"unknown extractor_mode '{config['extractor_mode']}'")
+    return modes[config["extractor_mode"]]
 
 
 def parse_conv_layers(spec: str) -> tuple[tuple[int, int, int], ...]:

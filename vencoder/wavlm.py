@@ -17,7 +17,7 @@ from vencoder.encoder import SpeechEncoder
 from vencoder.hubert import FAIRSEQ_RENAMES
 from vencoder.safe_pickle import load_checkpoint, to_plain
 from vencoder.wav2vec2 import (LayerDims, RelativePositionDims, Wav2Vec2Dims, Wav2Vec2Model, build_model,
-                               parse_conv_layers, rename_keys)
+                               extractor_norm, parse_conv_layers, rename_keys)
 
 # WavLMConfig defaults, used for fields a file does not carry.
 WAVLM_DEFAULTS: dict[str, Any] = {
@@ -43,11 +43,7 @@ TRAINING_ONLY_KEYS = ("mask_emb",)
 
 def wavlm_dims(cfg: dict[str, Any]) -> Wav2Vec2Dims:
     cfg = {**WAVLM_DEFAULTS, **cfg}
-    if cfg["activation_fn"] != "gelu":
-        raise ConfigError(f"activation '{cfg['activation_fn']}' is not supported (only gelu)")
-    modes = {"default": "group_norm", "layer_norm": "layer_norm"}
-    if cfg["extractor_mode"] not in modes:
-        raise ConfigError(f"unknown extractor_mode '{cfg['extractor_mode']}'")
+    norm = extractor_norm(cfg)
     conv_layers = parse_conv_layers(str(cfg["conv_feature_layers"]))
     dim, heads = int(cfg["encoder_embed_dim"]), int(cfg["encoder_attention_heads"])
     relative = None
@@ -56,7 +52,7 @@ def wavlm_dims(cfg: dict[str, Any]) -> Wav2Vec2Dims:
                                         gated=bool(cfg["gru_rel_pos"]))
     return Wav2Vec2Dims(
         conv_layers=conv_layers,
-        extractor_mode=modes[cfg["extractor_mode"]],
+        extractor_mode=norm,
         conv_bias=bool(cfg["conv_bias"]),
         embed_dim=dim,
         layers=(LayerDims(heads=heads, head_dim=dim // heads, ffn_dim=int(cfg["encoder_ffn_embed_dim"])),)
