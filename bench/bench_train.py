@@ -71,33 +71,15 @@ def reference_step(state, batch, hps) -> None:
 
 
 def _mpd_41(mpd, real, fake):
+    from modules.discriminator import period_forward_2d
+
     outs = [[], [], [], []]
     for disc in mpd.discriminators:
         for signal, logits_out, fmaps_out in ((real, outs[0], outs[2]), (fake, outs[1], outs[3])):
-            logits, fmaps = disc(signal) if not hasattr(disc, "period") else _period_41(disc, signal)
+            logits, fmaps = disc(signal) if not hasattr(disc, "period") else period_forward_2d(disc, signal)
             logits_out.append(logits)
             fmaps_out.append(fmaps)
     return outs
-
-
-def _period_41(disc, audio):
-    import torch
-    import torch.nn.functional as F
-
-    def weight(conv):
-        return torch._weight_norm(conv.weight_v, conv.weight_g, 0)
-
-    b, c, t = audio.shape
-    if t % disc.period:
-        audio = F.pad(audio, (0, disc.period - t % disc.period), "reflect")
-    x = audio.view(b, c, -1, disc.period)
-    fmaps = []
-    for conv in disc.convs:
-        x = F.leaky_relu(F.conv2d(x, weight(conv), conv.bias, conv.stride, conv.padding), 0.1)
-        fmaps.append(x)
-    x = F.conv2d(x, weight(disc.conv_post), disc.conv_post.bias, 1, (1, 0))
-    fmaps.append(x)
-    return torch.flatten(x, 1, -1), fmaps
 
 
 def run_child(config_name: str, loop: str, steps: int) -> dict:

@@ -181,3 +181,27 @@ def _half(fmap: torch.Tensor, disc: nn.Module, batch: int, first: bool) -> torch
     """The real (first) or fake half of a feature map computed on `cat([real, fake])`."""
     rows = batch * getattr(disc, "period", 1)  # period maps are [2B·p, C, H] with B·p rows per signal
     return fmap[:rows] if first else fmap[rows:]
+
+
+def period_forward_2d(disc: DiscriminatorP, audio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """4.1's formulation of DiscriminatorP: fold `[B, 1, T]` to `[B, 1, T/p, p]` and run (k, 1) 2-D convs.
+
+    Gives the same result as `DiscriminatorP.forward` (which runs the same weights as 1-D convs, faster on the
+    CPU); kept as the reference that formulation is tested and benchmarked against.
+    """
+    def weight(conv: nn.Module) -> torch.Tensor:
+        v = conv.weight_v
+        norm = torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim())), keepdim=True)
+        return conv.weight_g * v / norm
+
+    b, c, t = audio.shape
+    if t % disc.period:
+        audio = F.pad(audio, (0, disc.period - t % disc.period), "reflect")
+    x = audio.view(b, c, -1, disc.period)
+    fmaps = []
+    for conv in disc.convs:
+        x = F.leaky_relu(F.conv2d(x, weight(conv), conv.bias, conv.stride, conv.padding), 0.1)
+        fmaps.append(x)
+    x = F.conv2d(x, weight(disc.conv_post), disc.conv_post.bias, 1, (1, 0))
+    fmaps.append(x)
+    return torch.flatten(x, 1, -1), fmaps

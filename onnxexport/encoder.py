@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from loguru import logger
 
 from modules.errors import SvcError
 from modules.fileio import atomic_path
 from onnxexport.graph import OPSET
+from onnxexport.parity import max_difference
 from vencoder.hubert import load_fairseq_hubert
 from vencoder.wav2vec2 import Wav2Vec2Model
 
@@ -98,11 +98,5 @@ def check_encoder_parity(encoder: ContentVecOnnx, path: str | os.PathLike, lengt
             expected = encoder(torch.from_numpy(source)).numpy()
         if embed.shape != expected.shape:
             raise SvcError(f"encoder parity: ONNX gave {embed.shape}, torch {expected.shape} for {samples} samples")
-        diff = float(np.max(np.abs(embed - expected)))
-        logger.info(f"encoder parity at {samples} samples: max |onnx - torch| = {diff:.3g}")
-        print(f"encoder parity ({samples} samples): max abs difference {diff:.3g}")
-        diffs.append(diff)
-        if not np.isfinite(diff) or diff > tolerance:
-            raise SvcError(f"encoder parity check failed: the ONNX encoder differs from the torch encoder by "
-                           f"{diff:.3g} (> {tolerance:g}) at {samples} samples; the file must not be used")
+        diffs.append(max_difference(embed, expected, "encoder", f"{samples} samples", tolerance))
     return diffs

@@ -170,11 +170,16 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, shape: GraphSha
         if audio.shape != expected.shape or audio.shape != (1, 1, n_frames * shape.hop):
             raise SvcError(f"parity check: the ONNX model returned audio of shape {audio.shape} for {n_frames} "
                            f"frames; expected {(1, 1, n_frames * shape.hop)}")
-        diff = float(np.max(np.abs(audio - expected)))
-        logger.info(f"parity at {n_frames} frames: max |onnx - torch| = {diff:.3g}")
-        print(f"parity ({n_frames} frames): max abs difference {diff:.3g}")
-        diffs.append(diff)
-        if not np.isfinite(diff) or diff > tolerance:
-            raise SvcError(f"parity check failed: the ONNX model differs from the torch model by {diff:.3g} "
-                           f"(> {tolerance:g}) at {n_frames} frames; the exported file must not be used")
+        diffs.append(max_difference(audio, expected, "model", f"{n_frames} frames", tolerance))
     return diffs
+
+
+def max_difference(onnx_out: np.ndarray, torch_out: np.ndarray, what: str, where: str, tolerance: float) -> float:
+    """Print the max |onnx - torch| and raise SvcError when it exceeds `tolerance` (or is not finite)."""
+    diff = float(np.max(np.abs(onnx_out - torch_out)))
+    logger.info(f"{what} parity at {where}: max |onnx - torch| = {diff:.3g}")
+    print(f"{'' if what == 'model' else what + ' '}parity ({where}): max abs difference {diff:.3g}")
+    if not np.isfinite(diff) or diff > tolerance:
+        raise SvcError(f"{what} parity check failed: the ONNX {what} differs from the torch {what} by {diff:.3g} "
+                       f"(> {tolerance:g}) at {where}; the exported file must not be used")
+    return diff

@@ -5,10 +5,9 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from modules import losses
-from modules.discriminator import PERIODS, DiscriminatorP, MultiPeriodDiscriminator
+from modules.discriminator import PERIODS, DiscriminatorP, MultiPeriodDiscriminator, period_forward_2d
 from tests.conftest import SPEC
 
 
@@ -28,33 +27,13 @@ def test_state_dict_matches_41(mpd):
     assert sum(v.numel() for v in ours.values()) == 46_747_132
 
 
-def _weight(conv) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(conv.weight_v, dim=tuple(range(1, conv.weight_v.dim())), keepdim=True)
-    return conv.weight_g * conv.weight_v / norm
-
-
-def _reference_period(disc, audio: torch.Tensor):
-    """4.1's DiscriminatorP forward: fold to [B, 1, T/p, p] and run 2-D (5, 1) convs."""
-    b, c, t = audio.shape
-    if t % disc.period:
-        audio = F.pad(audio, (0, disc.period - t % disc.period), "reflect")
-    x = audio.view(b, c, -1, disc.period)
-    fmaps = []
-    for conv in disc.convs:
-        x = F.leaky_relu(F.conv2d(x, _weight(conv), conv.bias, conv.stride, conv.padding), 0.1)
-        fmaps.append(x)
-    x = F.conv2d(x, _weight(disc.conv_post), disc.conv_post.bias, 1, (1, 0))
-    fmaps.append(x)
-    return torch.flatten(x, 1, -1), fmaps
-
-
 @pytest.mark.parametrize("index", [1, 3])
 def test_period_discriminator_equals_2d_form(mpd, index):
     disc = mpd.discriminators[index]
     audio = torch.randn(2, 1, 1027)  # not a multiple of the period: exercises the reflect padding
     with torch.no_grad():
         logits, fmaps = disc(audio)
-        ref_logits, ref_fmaps = _reference_period(disc, audio)
+        ref_logits, ref_fmaps = period_forward_2d(disc, audio)
     # same convolutions in another layout: float32 summation-order noise only
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
     for ours, ref in zip(fmaps, ref_fmaps):
