@@ -488,9 +488,30 @@ def _device(options: RunOptions, dist_info: Dist) -> torch.device:
 
 
 def prepare_model_dir(hps: HParams, model_dir: Path) -> None:
-    """Create logs/<model>/ and copy the config there as config.json (4.1 does the same)."""
+    """Create logs/<model>/, copy the config there as config.json and record the code's git commit in
+    `githash` (4.1 does the same; a run resumed with other code gets a warning)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     save_config(hps, model_dir / "config.json")
+    record_githash(model_dir / "githash")
+
+
+def record_githash(path: Path) -> None:
+    """Write the repository's HEAD commit to `path`; warn if an earlier run recorded another one."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    if not head:
+        return
+    if path.is_file():
+        recorded = path.read_text(encoding="utf-8").strip()
+        if recorded != head:
+            logger.warning(f"{path.parent} was trained with code at commit {recorded[:10]}, this is {head[:10]}")
+        return
+    path.write_text(head + "\n", encoding="utf-8")
 
 
 def launch(hps: HParams, options: RunOptions) -> int:

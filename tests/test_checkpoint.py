@@ -116,3 +116,19 @@ def test_unsafe_checkpoint_is_refused(tmp_path):
     torch.save({"iteration": 1}, tmp_path / "G_6.pth")
     with pytest.raises(SvcError, match="not a So-VITS checkpoint"):
         read_checkpoint(tmp_path / "G_6.pth")
+
+
+def test_githash_is_recorded_once(tmp_path):
+    import subprocess
+
+    from conftest import REPO
+    from modules.training import record_githash
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    record_githash(tmp_path / "githash")
+    assert (tmp_path / "githash").read_text().strip() == head
+    (tmp_path / "githash").write_text("0" * 40)
+    record_githash(tmp_path / "githash")  # an earlier run's commit is kept (and a warning logged)
+    assert (tmp_path / "githash").read_text() == "0" * 40
