@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import soundfile
 import torch
+from loguru import logger
 from torch.utils.data import Dataset, Sampler
 
 from modules import dsp
@@ -179,7 +180,11 @@ class SpeakerDataset(Dataset):
         target = spec_path(path)
         if os.path.exists(target):
             spec = _read_tensor(target)
-            return spec[0] if spec.dim() == 3 else spec
+            spec = spec[0] if spec.dim() == 3 else spec
+            if spec.shape[0] == opt.filter_length // 2 + 1:
+                return spec
+            logger.warning(f"{target} has {spec.shape[0]} frequency bins but filter_length {opt.filter_length} "
+                           f"gives {opt.filter_length // 2 + 1}; computing it again")
         spec = dsp.spectrogram(audio, opt.filter_length, opt.hop_length, opt.win_length)[0]  # [F, T]
         torch_save(spec, target)
         return spec

@@ -54,8 +54,6 @@ def mel_loss(mel_real: torch.Tensor, mel_fake: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(mel_real.float(), mel_fake.float())
 
 
-def f0_loss(pred_lf0: torch.Tensor | float, lf0: torch.Tensor) -> torch.Tensor:
-    """MSE between predicted and true log-f0 `[B, 1, T]`; zero when the model has no F0 decoder."""
-    if not torch.is_tensor(pred_lf0):
-        return torch.zeros((), device=lf0.device)
+def f0_loss(pred_lf0: torch.Tensor, lf0: torch.Tensor) -> torch.Tensor:
+    """MSE between the F0 decoder's log-f0 and the true log-f0 `[B, 1, T]`."""
     return F.mse_loss(pred_lf0.float(), lf0.float())

@@ -241,7 +241,8 @@ def train_step(state: TrainState, batch: Batch, hps: HParams, *, want_images: bo
     loss_kl = losses.kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * train.c_kl
     loss_fm = losses.feature_loss(real_fmaps, fake_fmaps)
     loss_gen, _ = losses.generator_loss(fake_logits)
-    loss_lf0 = losses.f0_loss(pred_lf0, lf0)
+    has_f0_decoder = torch.is_tensor(pred_lf0)  # 0 when use_automatic_f0_prediction is off
+    loss_lf0 = losses.f0_loss(pred_lf0, lf0) if has_f0_decoder else torch.zeros((), device=device)
     loss_g = loss_gen + loss_fm + loss_mel + loss_kl + loss_lf0
     state.optim_g.zero_grad(set_to_none=True)
     state.scaler.scale(loss_g).backward()
@@ -259,7 +260,7 @@ def train_step(state: TrainState, batch: Batch, hps: HParams, *, want_images: bo
     if want_images:
         result.images = {"slice/mel_org": y_mel[0], "slice/mel_gen": y_hat_mel[0],
                          "all/mel": dsp.spec_to_mel(batch.spec[:1].float(), **mel)[0]}
-        if torch.is_tensor(pred_lf0):
+        if has_f0_decoder:
             result.images.update({"all/lf0": torch.stack([lf0[0, 0], pred_lf0[0, 0]]),
                                   "all/norm_lf0": torch.stack([lf0[0, 0], norm_lf0[0, 0]])})
         result.images = {k: v.detach().float().cpu() for k, v in result.images.items()}

@@ -49,6 +49,10 @@ def test_item_shapes_spec_cache_and_speaker(dataset_paths):
     torch.testing.assert_close(saved, dsp.spectrogram(full_audio)[0])  # of the whole file, as 4.1 saves it
     torch.testing.assert_close(dataset[1].spec, item.spec)  # the second read loads it
 
+    wider = SpeakerDataset(dataset_paths, _options(vol_embedding=True, filter_length=4096, win_length=4096))
+    assert wider[1].spec.shape == (2049, frames)  # a cached spec of another filter_length is made again
+    assert torch.load(spec_file, weights_only=True).shape[0] == 2049
+
 
 def test_long_item_is_cropped_to_790_frames(tmp_path):
     paths = write_synthetic_dataset(tmp_path, ["alice"], items_per_speaker=1, seconds=9.5, ssl_dim=4)

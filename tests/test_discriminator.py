@@ -66,7 +66,7 @@ def test_losses_values():
     assert float(losses.kl_loss(z_p, logs_q, m_p, logs_p, mask)) == pytest.approx(1.0)
     gen, terms = losses.generator_loss([torch.zeros(1, 4), torch.ones(1, 4)])
     assert float(gen) == pytest.approx(1.0) and len(terms) == 2
-    assert float(losses.f0_loss(0, torch.ones(1, 1, 4))) == 0.0
+    assert float(losses.f0_loss(torch.zeros(1, 1, 4), torch.ones(1, 1, 4))) == pytest.approx(1.0)
 
 
 def test_remove_weight_norm_keeps_output():

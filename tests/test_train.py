@@ -124,6 +124,14 @@ def test_short_training_lowers_mel_loss(tmp_path, one_thread):
     assert (model_dir / "G_15.pth").exists() and (model_dir / "G_0.pth").exists()
 
 
+def test_model_without_f0_decoder_trains(tmp_path, one_thread):
+    hps = tiny_config(tmp_path / "data", eval_interval=1000, all_in_mem=True)
+    hps.model.use_automatic_f0_prediction = False
+    steps = _train_in_process(hps, tmp_path / "logs" / "plain", 2)
+    assert sorted(steps) == [0, 1, 2]
+    assert all(" lf0=0 " in line for line in steps.values()), steps
+
+
 def test_nan_loss_stops_with_message(tmp_path, one_thread, monkeypatch):
     from modules import losses
 
