@@ -2,7 +2,8 @@
 
 Each step runs one of the toolkit's scripts the way a user would (a subprocess, from inside the work
 folder, with the scripts' default paths) and prints where its output went and how long it took. Steps
-skip work that is already done, so running the demo again is quick.
+skip work that is already done, so running the demo again is quick. The last step measures how closely each
+converted song follows its source's melody.
 """
 from __future__ import annotations
 
@@ -85,9 +86,8 @@ def copy_samples(demo: Demo) -> str:
 
 
 def slice_recordings(demo: Demo) -> str:
-    demo.run("slice_audio.py", "--in_dir", "dataset_raw", "--out_dir", "dataset_raw_sliced", "--max_clip",
-             str(CLIP_SECONDS),
-             "--num_processes", "1")
+    demo.run("slice_audio.py", "--in_dir", "dataset_raw", "--out_dir", "dataset_raw_sliced",
+             "--max_clip", str(CLIP_SECONDS), "--num_processes", "1")
     return str(demo.work / "dataset_raw_sliced")
 
 
