@@ -142,13 +142,20 @@ def convert_songs(demo: Demo) -> str:
 
 
 def check_melodies(demo: Demo) -> str:
-    """How closely each result follows its song's melody (f0 by pm, both files)."""
-    from modules.melody import compare_files
+    """How closely each result follows its song's melody (f0 by pm, both files), and its hop-rate buzz."""
+    from modules.melody import buzz_of_file, compare_files
 
     for conversion in CONVERSIONS:
-        match = compare_files(conversion.song, demo.work / "results" / conversion.result_name())
-        print(f"  {conversion.result_name()}: {match.describe()}", flush=True)
-    return "a share near 100 % means the result sings the source's melody"
+        result = demo.work / "results" / conversion.result_name()
+        match = compare_files(conversion.song, result)
+        buzz, natural = buzz_of_file(conversion.song, result), buzz_of_file(conversion.song, conversion.song)
+        print(f"  {conversion.result_name()}: {match.describe()}; hop-rate buzz {_db(buzz)} against the "
+              f"harmonics (the source itself: {_db(natural)})", flush=True)
+    return "a share near 100 % means the result sings the source's melody; natural singing has ~-20 dB of buzz"
+
+
+def _db(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f} dB"
 
 
 def latest_generator(demo: Demo) -> Path:

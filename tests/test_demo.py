@@ -6,7 +6,7 @@ import pytest
 import soundfile
 
 from conftest import REPO, run_script
-from modules.melody import compare_files
+from modules.melody import buzz_of_file, compare_files
 
 SR = 44100
 
@@ -45,4 +45,5 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
         assert info.samplerate == SR and abs(info.duration - soundfile.info(source).duration) < 0.05
         match = compare_files(source, work / "results" / name)
         assert match.compared > 400 and match.within > 0.8, (name, match)
-        assert f"{name}: {match.describe()}" in result.stdout
+        assert f"{name}: {match.describe()}; hop-rate buzz" in result.stdout
+        assert buzz_of_file(source, work / "results" / name) < -5.0  # a buzz-dominated result lies above 0 dB
