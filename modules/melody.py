@@ -53,6 +53,7 @@ def hop_buzz_db(source_f0: np.ndarray, audio: np.ndarray, semitones: float = 0.0
     3 kHz that are more than 40 Hz from every harmonic) minus (mean level at the first 8 harmonics below
     5 kHz), in dB, the harmonics being those of the source's f0 moved by `semitones`. None without a frame."""
     hop_rate = sampling_rate / hop_length
+    multiples = hop_rate * np.arange(1, int(3000 / hop_rate) + 1)
     window = np.hanning(n_fft)
     bin_hz = sampling_rate / n_fft
     differences = []
@@ -62,7 +63,6 @@ def hop_buzz_db(source_f0: np.ndarray, audio: np.ndarray, semitones: float = 0.0
             continue
         harmonics = f0 * np.arange(1, 9)
         harmonics = harmonics[harmonics < 5000]
-        multiples = hop_rate * np.arange(1, int(3000 / hop_rate) + 1)
         between = multiples[np.abs(multiples[:, None] - harmonics[None, :]).min(axis=1) > 40]
         if len(between) == 0:
             continue
