@@ -1,8 +1,10 @@
 """Compute the training features of every wav in the dataset (spec §3.3): content units, f0/uv,
 linear spectrogram, and with --use_diff (or model.vol_embedding) volume and NSF-HiFiGAN mels.
 
-Re-running skips files whose outputs all exist and load. Exit status: 0 when every file has its
-features, 1 when some files failed (each is named with its reason; the others are still written).
+Re-running skips files whose outputs all exist and load. Existing outputs are read without running code from
+them; one that is refused (pickled code references, damage, wrong shape) is named in a warning with the reason
+and computed again. Exit status: 0 when every file has its features, 1 when some files failed (each is named
+with its reason; the others are still written).
 """
 from __future__ import annotations
 

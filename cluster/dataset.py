@@ -4,11 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from loguru import logger
 
 from modules.errors import SvcError
-from modules.fileio import safe_torch_load
+from modules.feature_io import load_units
 
 SOFT_SUFFIX = ".soft.pt"
 
@@ -22,10 +21,7 @@ def load_speaker_features(speaker_dir: Path) -> np.ndarray:
     """Concatenate a speaker's unit files as rows: -> float32 `[sum T_enc, D]` (empty `[0, 0]` if none)."""
     rows = []
     for path in soft_files(speaker_dir):
-        units = safe_torch_load(path)
-        if not isinstance(units, torch.Tensor) or units.dim() != 3 or units.shape[0] != 1:
-            raise SvcError(f"{path} does not hold a [1, D, T] unit tensor; re-run preprocess_hubert_f0.py")
-        units = units[0]  # [D, T]
+        units = load_units(path)[0]  # [D, T]; never runs code from the file
         rows.append(units.float().T.numpy())  # [T, D]
     if not rows:
         return np.zeros((0, 0), dtype=np.float32)

@@ -2,7 +2,8 @@
 
 For a list entry `X.wav`: `X.wav.soft.pt` (units [1, D, T_enc]), `X.wav.f0.npy` (object array (f0, uv)),
 `X.wav.vol.npy`, `X.wav.mel.npy` ([T, M]), `X.wav.aug_mel.npy` (object array (mel, keyshift)),
-`X.wav.aug_vol.npy`. The object arrays are read with modules.features' restricted unpickler. Units are stretched to the f0 length, then everything is cut to the shortest.
+`X.wav.aug_vol.npy`. Every file is read through modules.feature_io, which never runs code from it. Units are
+stretched to the f0 length, then everything is cut to the shortest.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from torch.utils.data import Dataset
 
 from modules.dsp import repeat_expand_2d
 from modules.errors import SvcError
-from modules.features import load_aug_mel, load_f0
-from modules.fileio import safe_torch_load
+from modules.feature_io import load_array, load_aug_mel, load_f0, load_units
 
 
 @dataclass
@@ -61,11 +61,9 @@ def _need(wav: str, suffix: str) -> Path:
     return path
 
 
-def _np_float(path: Path) -> torch.Tensor:
-    try:
-        return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
-    except (OSError, ValueError) as error:
-        raise SvcError(f"cannot read {path}: {error}") from None
+def _float_array(path: Path, ndim: int) -> torch.Tensor:
+    """A plain .npy feature file (.vol, .mel, .aug_vol) as float32."""
+    return torch.from_numpy(load_array(path, ndim).astype(np.float32))
 
 
 def read_f0(wav: str) -> torch.Tensor:
@@ -76,14 +74,12 @@ def read_f0(wav: str) -> torch.Tensor:
 def load_clip(wav: str, interpolate_mode: str) -> ClipFeatures:
     """Read every feature file of one clip, stretch units to the f0 length and cut all to the shortest."""
     f0 = read_f0(wav)
-    units = safe_torch_load(_need(wav, ".soft.pt"))
-    if not isinstance(units, torch.Tensor) or units.dim() != 3:
-        raise SvcError(f"{wav}.soft.pt does not hold a [1, D, T] tensor")
+    units = load_units(_need(wav, ".soft.pt"))  # [1, D, T_enc]
     units = repeat_expand_2d(units[0].float(), f0.shape[0], interpolate_mode).T  # [T, D]
     aug_mel, keyshift = load_aug_mel(_need(wav, ".aug_mel.npy"))
     aug_mel = torch.from_numpy(aug_mel)
-    parts = [units, f0, _np_float(_need(wav, ".vol.npy")).reshape(-1), _np_float(_need(wav, ".mel.npy")),
-             aug_mel, _np_float(_need(wav, ".aug_vol.npy")).reshape(-1)]
+    parts = [units, f0, _float_array(_need(wav, ".vol.npy"), 1), _float_array(_need(wav, ".mel.npy"), 2),
+             aug_mel, _float_array(_need(wav, ".aug_vol.npy"), 1)]
     n = min(p.shape[0] for p in parts)
     units, f0, vol, mel, aug_mel, aug_vol = (p[:n] for p in parts)
     return ClipFeatures(units, f0, vol, mel, aug_mel, aug_vol, keyshift)

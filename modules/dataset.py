@@ -22,8 +22,9 @@ from loguru import logger
 from torch.utils.data import Dataset, Sampler
 
 from modules import dsp
-from modules.errors import SvcError
-from modules.fileio import safe_torch_load, torch_save
+from modules.errors import SvcError, UnsafeFileError
+from modules.feature_io import load_array, load_f0, load_spec, load_units
+from modules.fileio import torch_save
 
 MAX_FRAMES = 800  # items longer than this are cropped ...
 CROP_FRAMES = 790  # ... to a random window of this many frames
@@ -150,6 +151,8 @@ class SpeakerDataset(Dataset):
         path = self.paths[index]
         try:
             return self._load(path)
+        except UnsafeFileError as error:
+            raise UnsafeFileError(f"training item {path}: {error}") from None
         except SvcError as error:
             raise SvcError(f"training item {path}: {error}") from None
         except (OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as error:
@@ -162,9 +165,7 @@ class SpeakerDataset(Dataset):
         speaker = self._speaker(path)
         spec = self._spectrogram(path, audio)  # [F, T]
         f0, uv = _read_f0(path + ".f0.npy")
-        units = _read_tensor(path + ".soft.pt")
-        if units.dim() != 3 or units.shape[0] != 1:
-            raise SvcError(f"{path}.soft.pt has shape {tuple(units.shape)}, expected [1, D, T]")
+        units = load_units(_need(path + ".soft.pt"))  # [1, D, T]
         units = dsp.repeat_expand_2d(units[0].float(), f0.shape[0], opt.unit_interpolate_mode)  # [D, T]
         volume = _read_volume(path + ".vol.npy") if opt.vol_embedding else None
         return _trim_to_common_length(Item(units, f0, uv, spec, audio, speaker, volume), opt.hop_length, path)
@@ -179,8 +180,7 @@ class SpeakerDataset(Dataset):
         opt = self.options
         target = spec_path(path)
         if os.path.exists(target):
-            spec = _read_tensor(target)
-            spec = spec[0] if spec.dim() == 3 else spec
+            spec = load_spec(target)
             if spec.shape[0] == opt.filter_length // 2 + 1:
                 return spec
             logger.warning(f"{target} has {spec.shape[0]} frequency bins but filter_length {opt.filter_length} "
@@ -221,35 +221,21 @@ def _read_pcm16(path: str, sampling_rate: int, max_wav_value: float) -> torch.Te
     return torch.from_numpy(samples[:, 0].astype(np.float32) / max_wav_value)[None]
 
 
-def _read_tensor(path: str) -> torch.Tensor:
+def _need(path: str, why: str = "") -> str:
+    """`path`, or an SvcError telling the user to run preprocessing if it is missing."""
     if not os.path.exists(path):
-        raise SvcError(f"feature file {os.path.basename(path)} is missing (run preprocess_hubert_f0.py)")
-    value = safe_torch_load(path)
-    if not torch.is_tensor(value):
-        raise SvcError(f"{os.path.basename(path)} does not hold a tensor")
-    return value
+        raise SvcError(f"feature file {os.path.basename(path)} is missing ({why}run preprocess_hubert_f0.py)")
+    return path
 
 
 def _read_f0(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`X.wav.f0.npy`: 4.1 saves the tuple (f0, uv) as an object array, so pickle must be allowed here.
-    These files are written by our own preprocessing next to the dataset wavs."""
-    if not os.path.exists(path):
-        raise SvcError(f"feature file {os.path.basename(path)} is missing (run preprocess_hubert_f0.py)")
-    pair = np.load(path, allow_pickle=True)
-    if len(pair) != 2:
-        raise SvcError(f"{os.path.basename(path)} holds {len(pair)} rows, expected (f0, uv)")
-    f0 = torch.from_numpy(np.asarray(pair[0], dtype=np.float32))
-    uv = torch.from_numpy(np.asarray(pair[1], dtype=np.float32))
-    if f0.dim() != 1 or f0.shape != uv.shape:
-        raise SvcError(f"{os.path.basename(path)}: f0 {tuple(f0.shape)} and uv {tuple(uv.shape)} must be equal 1-D")
-    return f0, uv
+    """`X.wav.f0.npy` -> (f0 `[T]`, uv `[T]`) float32, through the safe reader of 4.1's object array."""
+    f0, uv = load_f0(_need(path))
+    return torch.from_numpy(f0.astype(np.float32)), torch.from_numpy(uv.astype(np.float32))
 
 
 def _read_volume(path: str) -> torch.Tensor:
-    if not os.path.exists(path):
-        raise SvcError(f"feature file {os.path.basename(path)} is missing (vol_embedding is on; "
-                       "run preprocess_hubert_f0.py)")
-    return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
+    return torch.from_numpy(load_array(_need(path, "vol_embedding is on; "), ndim=1).astype(np.float32))
 
 
 def _trim_to_common_length(item: Item, hop: int, path: str) -> Item:

@@ -32,9 +32,21 @@ def run_cli(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except SvcError as error:
-        logger.error(str(error))
+        logger.error(user_message(error))
         sys.exit(1)
     except KeyboardInterrupt:
         logger.warning("interrupted")
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def user_message(error: SvcError) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back with the worker's traceback
+    as its text ("Caught X in DataLoader worker process 0. Original Traceback ... module.X: message"):
+    only the original message is kept."""
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

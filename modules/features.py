@@ -13,26 +13,26 @@ Files written next to `X.wav` (4.1's names and containers, so 4.1's loaders read
 | `X.wav.aug_vol.npy` | float32 `[T]` volume of the volume-scaled audio (use_diff) |
 
 T = N // hop for N samples. Augmentation draws come from a generator seeded per file, so a re-run
-writes the same values. The object arrays are read back with `load_object_npy`, which admits only
-numpy's array/scalar reconstruction (never code from the file).
+writes the same values. Every file is read back through modules.feature_io, which never runs code from
+it; the skip-check warns about an existing file it refuses before writing it again.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from loguru import logger
 
 from modules import dsp
 from modules.audio import load_audio, resample
-from modules.errors import AudioError, SvcError, UnsafeFileError
+from modules.errors import AudioError, SvcError
+from modules.feature_io import FeatureFileError, read_feature
 from modules.fileio import np_save, torch_save
 
 ENCODER_SR = 16000
@@ -84,94 +84,39 @@ def file_seed(relative_name: str) -> int:
     return int.from_bytes(hashlib.sha256(relative_name.encode("utf-8")).digest()[:8], "little") >> 1
 
 
-# ---------------------------------------------------------------- reading the object arrays safely
+# ---------------------------------------------------------------- the skip-check
 
-_NUMPY_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-}
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Admits numpy's array, dtype and scalar reconstruction, which build data and run nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _NUMPY_GLOBALS:
-            raise UnsafeFileError(f"it references {module}.{name}, which a feature file never needs")
-        from numpy._core import multiarray
-
-        return {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar,
-                "ndarray": np.ndarray, "dtype": np.dtype}[name]
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeFileError("it uses pickle persistent ids, which a feature file never needs")
-
-
-def load_object_npy(path: str | os.PathLike) -> np.ndarray:
-    """np.load for 4.1's object-array .npy files (f0, aug_mel) without executing pickled code.
-
-    Non-object arrays load as usual; object arrays go through an unpickler that admits only numpy
-    array reconstruction (UnsafeFileError for anything else, SvcError for a damaged file).
-    """
-    path = Path(path)
+def output_problem(kind: str, path: Path) -> str | None:
+    """Why the existing output `path` cannot be kept as `kind` (None if it loads; tensors memory-mapped)."""
     try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-            if not dtype.hasobject:
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
-            array = _NumpyUnpickler(io.BytesIO(f.read())).load()
-    except UnsafeFileError as error:
-        raise UnsafeFileError(f"{path} was not loaded, because {error}") from None
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, TypeError, AttributeError, IndexError) as error:
-        raise SvcError(f"cannot read {path}: {error}") from None
-    if not isinstance(array, np.ndarray) or array.shape != shape:
-        raise SvcError(f"{path} does not hold the {shape} array its header announces")
-    return array
-
-
-def load_f0(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """`X.wav.f0.npy` -> (f0 float64 `[T]`, uv float64 `[T]`)."""
-    array = load_object_npy(path)
-    if len(array) != 2:
-        raise SvcError(f"{path} does not hold an (f0, uv) pair")
-    return np.asarray(array[0], dtype=np.float64), np.asarray(array[1], dtype=np.float64)
-
-
-def load_aug_mel(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """`X.wav.aug_mel.npy` -> (mel float32 `[T, n_mels]`, keyshift in semitones)."""
-    array = load_object_npy(path)
-    if array.shape != (2,) or np.ndim(array[0]) != 2:
-        raise SvcError(f"{path} does not hold a (mel, keyshift) pair")
-    return np.asarray(array[0], dtype=np.float32), float(array[1])
+        read_feature(kind, path, mmap=True)
+    except FeatureFileError as error:
+        return error.problem
+    return None
 
 
 def output_is_valid(kind: str, path: Path) -> bool:
-    """True if `path` exists and loads as output `kind` (cheap: tensors memory-mapped, headers checked)."""
-    if not path.is_file():
-        return False
-    try:
-        if kind in ("soft", "spec"):
-            tensor = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return isinstance(tensor, torch.Tensor) and tensor.dim() == (3 if kind == "soft" else 2)
-        if kind == "f0":
-            load_f0(path)  # raises unless it holds an (f0, uv) pair
-            return True
-        if kind == "aug_mel":
-            load_aug_mel(path)  # raises unless it holds a (mel [T, n_mels], keyshift) pair
-            return True
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        return array.ndim == (2 if kind == "mel" else 1)
-    except (SvcError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError):
-        return False
+    """True if `path` exists and loads as output `kind` through the safe readers of modules.feature_io."""
+    return Path(path).is_file() and output_problem(kind, Path(path)) is None
 
 
-def missing_outputs(wav: Path, settings: FeatureSettings) -> dict[str, Path]:
-    """The outputs of `wav` that are absent or do not load (all of them for a fresh file)."""
-    return {kind: path for kind, path in feature_paths(wav, settings).items() if not output_is_valid(kind, path)}
+def missing_outputs(wav: Path, settings: FeatureSettings, warn: bool = True) -> dict[str, Path]:
+    """The outputs of `wav` that are absent or do not load (all of them for a fresh file).
+
+    An existing file that is refused (code references, damage, wrong shape) is logged as a warning with
+    the reason when `warn`, since it is about to be overwritten; absent files are not mentioned.
+    """
+    missing = {}
+    for kind, path in feature_paths(wav, settings).items():
+        if not path.is_file():
+            missing[kind] = path
+            continue
+        problem = output_problem(kind, path)
+        if problem is not None:
+            if warn:
+                logger.warning(f"{path} {problem}; recomputing it")
+            missing[kind] = path
+    return missing
 
 
 # ---------------------------------------------------------------- computing the features
@@ -275,9 +220,12 @@ def write_outputs(values: dict[str, Any], paths: dict[str, Path]) -> None:
             np_save(path, value, allow_pickle=value.dtype == object)
 
 
-def process_file(extractor: FeatureExtractor, wav: Path, seed: int) -> list[str]:
-    """Compute and write the outputs of `wav` that are missing or unreadable -> the kinds written."""
-    missing = missing_outputs(wav, extractor.settings)
+def process_file(extractor: FeatureExtractor, wav: Path, seed: int, warn: bool = True) -> list[str]:
+    """Compute and write the outputs of `wav` that are missing or refused -> the kinds written.
+
+    `warn=False` when the caller has already reported the refused files (run_batch's scan).
+    """
+    missing = missing_outputs(wav, extractor.settings, warn)
     if not missing:
         return []
     audio = extractor.load(wav)
@@ -329,7 +277,6 @@ def run_batch(in_dir: Path, settings: FeatureSettings, num_processes: int = 1, d
     loading its models once. Raises SvcError only for problems that stop every file (no wav found,
     a model that cannot load).
     """
-    from loguru import logger
     from tqdm import tqdm
 
     in_dir = Path(in_dir)
@@ -390,7 +337,7 @@ def _run_in_workers(tasks: list[tuple[str, str]], settings: FeatureSettings, wor
 def _process_one(extractor: FeatureExtractor, wav: str, rel: str) -> tuple[str, str, str]:
     """-> (relative name, "done" | "skipped" | "failed", reason)."""
     try:
-        written = process_file(extractor, Path(wav), file_seed(rel))
+        written = process_file(extractor, Path(wav), file_seed(rel), warn=False)  # run_batch has warned
     except SvcError as error:
         return rel, "failed", str(error)
     except Exception as error:  # noqa: BLE001 - one broken file must not stop the batch; the reason is reported

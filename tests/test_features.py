@@ -13,9 +13,9 @@ import torch
 
 from modules import dsp
 from modules.errors import AudioError, SvcError, UnsafeFileError
+from modules.feature_io import load_aug_mel, load_f0, load_object_npy
 from modules.features import (FeatureExtractor, FeatureSettings, augmentation_draws, feature_paths, file_seed,
-                              load_aug_mel, load_f0, load_object_npy, missing_outputs, output_is_valid,
-                              process_file)
+                              missing_outputs, output_is_valid, process_file)
 from tests.conftest import FIXTURES, VECTORS
 
 pytestmark = pytest.mark.shared

@@ -16,8 +16,8 @@ import soundfile
 import torch
 
 from modules.config import load_template
-from modules.features import (FeatureSettings, feature_paths, list_wavs, load_aug_mel, load_f0, output_is_valid,
-                              run_batch)
+from modules.feature_io import load_aug_mel, load_f0
+from modules.features import FeatureSettings, feature_paths, list_wavs, output_is_valid, run_batch
 from tests.conftest import FIXTURES, REPO, VECTORS, run_script
 
 pytestmark = pytest.mark.shared
