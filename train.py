@@ -1,7 +1,7 @@
 """Train a So-VITS model (so-vits-svc 4.1's `train.py`): `python train.py -c configs/config.json -m 44k`.
 
 Writes logs/<model>/{config.json, train.log, G_<step>.pth, D_<step>.pth, TensorBoard events, eval/} and resumes
-from the newest G/D pair found there (G_0.pth/D_0.pth base models included).
+from the newest G/D pair found there (G_0.pth/D_0.pth base models included). Shows steps done, rate and ETA.
 """
 from __future__ import annotations
 
@@ -20,21 +20,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=None,
                         help="DataLoader workers per process (default: 4.1's rule; 0 with all_in_mem)")
     parser.add_argument("--max_steps", type=int, default=None,
-                        help="stop after this global step, saving a checkpoint (default: run all epochs)")
+                        help="stop after this global step, saving a checkpoint; a run already there trains "
+                             "nothing (default: run all epochs)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
     args = parser.parse_args(argv)
     if args.cpu_processes < 1:
         parser.error("--cpu_processes must be at least 1")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error("--num_workers must not be negative")
+    if args.max_steps is not None and args.max_steps < 0:
+        parser.error("--max_steps must not be negative")
     return args
 
 
 def main() -> int:
     args = parse_args()
     from modules.config import load_config
+    from modules.progress import route_logs_through_tqdm
     from modules.training import RunOptions, launch, prepare_model_dir
 
+    route_logs_through_tqdm()
     hps = load_config(args.config)
     model_dir = Path(args.logs_dir) / args.model
     prepare_model_dir(hps, model_dir)

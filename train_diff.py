@@ -10,17 +10,29 @@ from modules.config import load_config
 from modules.errors import run_cli
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the 4.1-compatible shallow-diffusion model.")
     parser.add_argument("-c", "--config", type=str, required=True, help="diffusion YAML (configs/diffusion.yaml)")
-    args = parser.parse_args()
-    from diffusion.trainer import check_config, train  # after argument parsing: --help stays fast
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="stop after this global step, saving a checkpoint; a run already there trains "
+                             "nothing (default: run all epochs)")
+    args = parser.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 0:
+        parser.error("--max_steps must not be negative")
+    return args
 
+
+def main() -> int:
+    args = parse_args()
+    from diffusion.trainer import check_config, train  # after argument parsing: --help stays fast
+    from modules.progress import route_logs_through_tqdm
+
+    route_logs_through_tqdm()
     config = load_config(args.config)
     check_config(config)
     sink = logger.add(Path(config.env.expdir) / "log_info.txt", level="INFO")
     try:
-        step = train(config)
+        step = train(config, max_steps=args.max_steps)
     finally:
         logger.remove(sink)
     logger.info(f"training finished at step {step}")

@@ -1,7 +1,8 @@
 """Diffusion training loop (train_diff.py, spec §11.4) and its checkpoints `model_<step>.pt` (§4.10).
 
 One loop: resume from the highest checkpoint under expdir, step with AdamW at lr·γ^(step // decay_step),
-log every interval_log, and every interval_val save (atomically), prune and validate.
+log every interval_log, and every interval_val save (atomically), prune and validate. With `max_steps` it stops
+after that step and saves it; a run already there trains nothing.
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from typing import Any, Callable, Iterator
 import torch
 from loguru import logger
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from diffusion.dataset import MelDataset, read_filelist
 from diffusion.unit2mel import Unit2Mel, build_model, state_dict_mismatches
+from modules.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
 from modules.config import HParams, save_config
 from modules.errors import ConfigError, SvcError
 from modules.fileio import safe_torch_load, torch_save
+from modules.progress import StepProgress
 
 AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pt$")
@@ -220,7 +222,8 @@ def train(config: HParams, max_steps: int | None = None,
           on_step: Callable[[int, float], None] | None = None) -> int:
     """Train (or resume) the diffusion model described by `config`; returns the last global step.
 
-    Runs `train.epochs` epochs, or stops after `max_steps` steps in total when given.
+    Runs `train.epochs` epochs, or stops after global step `max_steps` when given, saving a checkpoint there;
+    a run resumed at or past `max_steps` trains nothing and writes no checkpoint.
     `on_step(step, loss)` is called after every optimisation step (for tests and tools).
     """
     check_config(config)
@@ -230,13 +233,18 @@ def train(config: HParams, max_steps: int | None = None,
     expdir = Path(config.env.expdir)
     expdir.mkdir(parents=True, exist_ok=True)
     save_config(config, expdir / "config.yaml")
+    remove_stale_temp_files(expdir, DIFFUSION_CHECKPOINT_NAME)
+    found = latest_checkpoint(expdir)
+    done = found[1] if found is not None else 0
+    if max_steps is not None and done >= max_steps:
+        logger.info(f"already at step {done} (--max_steps {max_steps}); nothing to train")
+        return done
 
     vocoder = _load_vocoder(config, device)
     model = build_model(config, vocoder.num_mels if vocoder is not None else 128).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.lr),
                                   weight_decay=float(train_cfg.get("weight_decay", 0)))
     step = 0
-    found = latest_checkpoint(expdir)
     if found is not None:
         path, step = found
         load_checkpoint(path, model, optimizer)
@@ -271,28 +279,32 @@ def _loop(config: HParams, model: Unit2Mel, optimizer: torch.optim.Optimizer, sc
     t = config.train
     interval_log, interval_val = int(t.interval_log), int(t.interval_val)
     first_epoch = step // len(loader)
-    total = int(t.epochs) * len(loader) if max_steps is None else min(max_steps, int(t.epochs) * len(loader))
-    progress = tqdm(total=total, initial=step, desc="diffusion training", unit="step", dynamic_ncols=True)
-    for epoch in range(first_epoch, int(t.epochs)):
-        for batch in loader:
-            if max_steps is not None and step >= max_steps:
-                progress.close()
-                return step
-            step += 1
-            lr = learning_rate(step, float(t.lr), int(t.decay_step), float(t.gamma))
-            loss = _train_step(model, optimizer, scaler, _to_device(batch, device), lr, device, amp_dtype, step)
-            progress.update(1)
-            progress.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
-            if on_step is not None:
-                on_step(step, loss)
-            if step % interval_log == 0:
-                logger.info(f"epoch {epoch} step {step} loss {loss:.6f} lr {lr:.3e}")
-                writer.add_scalar("train/loss", loss, step)
-                writer.add_scalar("train/lr", lr, step)
-            if step % interval_val == 0:
-                _validate_and_save(config, model, optimizer, val_set, vocoder, writer, saver, device, step)
-    progress.close()
+    to_epochs_end = step + max(0, int(t.epochs) - first_epoch) * len(loader)  # a resumed epoch runs in full
+    total = to_epochs_end if max_steps is None else min(max_steps, to_epochs_end)
+    with StepProgress(total, step, desc="diffusion training") as progress:
+        for epoch in range(first_epoch, int(t.epochs)):
+            for batch in loader:
+                step += 1
+                lr = learning_rate(step, float(t.lr), int(t.decay_step), float(t.gamma))
+                loss = _train_step(model, optimizer, scaler, _to_device(batch, device), lr, device, amp_dtype, step)
+                if on_step is not None:
+                    on_step(step, loss)
+                if step % interval_log == 0:
+                    _log_step(writer, epoch, step, loss, lr)
+                if step % interval_val == 0:
+                    _validate_and_save(config, model, optimizer, val_set, vocoder, writer, saver, device, step)
+                elif step == max_steps:
+                    saver.save(model, optimizer, step)
+                progress.advance(epoch=epoch, loss=f"{loss:.4f}")
+                if step == max_steps:
+                    return step
     return step
+
+
+def _log_step(writer: Any, epoch: int, step: int, loss: float, lr: float) -> None:
+    logger.info(f"epoch {epoch} step {step} loss {loss:.6f} lr {lr:.3e}")
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
 
 
 def _train_step(model: Unit2Mel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -5,6 +5,8 @@ A file holds 4.1's keys — `model` (state dict of the plain module), `iteration
 goes under extra keys that 4.1 ignores: `global_step`, `epoch_step` (batches done in that epoch), `scaler`,
 `lr` (the current one) and `format` (our version). Files are written atomically and loaded with
 weights_only=True.
+A kill during a save leaves only a temp file beside the target (`.G_40.pth.k3j_x9a1.tmp`, see
+`fileio.atomic_path`); `remove_stale_temp_files` clears those when a trainer starts.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from modules.fileio import safe_torch_load, torch_save
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^(?P<kind>[GD])_(?P<step>\d+)\.pth$")
+SOVITS_CHECKPOINT_NAME = r"[GD]_\d+\.pth"  # regex of train.py's checkpoint file names
+DIFFUSION_CHECKPOINT_NAME = r"model_\d+\.pt"  # regex of train_diff.py's checkpoint file names
 
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:
@@ -182,13 +186,49 @@ def prune_checkpoints(model_dir: str | os.PathLike, keep: int) -> list[Path]:
     return removed
 
 
+def remove_stale_temp_files(folder: str | os.PathLike,
+                            checkpoint_name: str = SOVITS_CHECKPOINT_NAME) -> list[Path]:
+    """Delete what killed saves left in `folder`: atomic-write temp files of checkpoints whose names match the
+    regex `checkpoint_name` (`.G_40.pth.<random>.tmp`). Nothing else is touched, subfolders included.
+
+    Call it when a trainer starts, before it saves anything: a save under way would lose its temp file.
+    Returns the removed paths and logs one line naming them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    temp_name = re.compile(rf"^\.(?:{checkpoint_name})\.[A-Za-z0-9_]+\.tmp$")
+    stale = sorted(path for path in folder.iterdir()
+                   if temp_name.match(path.name) and path.is_file() and not path.is_symlink())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info(f"removed {len(stale)} temp file(s) left in {folder} by an interrupted checkpoint save: "
+                    f"{', '.join(path.name for path in stale)}")
+    return stale
+
+
 def release_checkpoint(checkpoint: Mapping[str, Any], fresh_optimizer_state: Mapping[str, Any], *,
                        half: bool = False) -> dict[str, Any]:
     """4.1's compress_model output: weights without any `enc_q` key (optionally float16), iteration 0,
     a fresh optimizer state and learning rate 0.0001 (spec §4.6)."""
-    weights = {}
-    for key, tensor in checkpoint["model"].items():
-        if "enc_q" in key:
-            continue
-        weights[key] = tensor.half() if half and tensor.is_floating_point() else tensor
+    weights = {key: tensor for key, tensor in checkpoint["model"].items() if "enc_q" not in key}
+    if half:
+        weights = half_precision(weights)
     return {"model": weights, "iteration": 0, "optimizer": dict(fresh_optimizer_state), "learning_rate": 0.0001}
+
+
+def half_precision(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors as float16; tensors that are views of the same data (the flows' shared WN
+    with `flow_share_parameter`) stay one tensor, so the file stores them once."""
+    converted: dict[tuple, torch.Tensor] = {}
+    result = {}
+    for key, tensor in weights.items():
+        if not tensor.is_floating_point():
+            result[key] = tensor
+            continue
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if view not in converted:
+            converted[view] = tensor.half()
+        result[key] = converted[view]
+    return result

@@ -26,11 +26,12 @@ from torch.utils.data import DataLoader
 
 from modules import dsp, losses
 from modules.checkpoint import (latest_pair, load_weights, optimizer_fits, prune_checkpoints, read_checkpoint,
-                                save_checkpoint)
+                                remove_stale_temp_files, save_checkpoint)
 from modules.config import HParams, save_config
 from modules.dataset import Batch, BucketSampler, DataOptions, SpeakerDataset, collate
 from modules.discriminator import MultiPeriodDiscriminator
 from modules.errors import SvcError
+from modules.progress import StepProgress, route_logs_through_tqdm
 
 EXIT_INTERRUPTED = 130
 
@@ -383,35 +384,55 @@ def check_config(hps: HParams) -> None:
 
 def train(hps: HParams, options: RunOptions, dist_info: Dist | None = None,
           make_generator: Callable[[HParams], nn.Module] = build_generator) -> int:
-    """Train until `train.epochs` (or `options.max_steps`); returns the exit code (0, or 130 after Ctrl-C)."""
+    """Train until `train.epochs` (or `options.max_steps`); returns the exit code (0, or 130 after Ctrl-C).
+
+    A run resumed at or past `max_steps` trains nothing and writes nothing.
+    """
     dist_info = dist_info or Dist()
     check_config(hps)
     device = _device(options, dist_info)
     model_dir = options.model_dir
     seed = int(hps.train.seed)
     torch.manual_seed(seed)
+    if dist_info.is_main:
+        remove_stale_temp_files(model_dir)
     state = build_state(hps, device, make_generator)
-    loader, sampler, val_loader = make_loaders(hps, dist_info, options, device)
     restore(state, model_dir)
+    if options.max_steps is not None and state.step > options.max_steps:
+        logger.info(f"already at step {state.step - 1} (--max_steps {options.max_steps}); nothing to train")
+        return 0
+    loader, sampler, val_loader = make_loaders(hps, dist_info, options, device)
     if dist_info.enabled:
         ids = [dist_info.local_rank] if device.type == "cuda" else None
         state.ddp_g = DistributedDataParallel(state.net_g, device_ids=ids)
         state.ddp_d = DistributedDataParallel(state.net_d, device_ids=ids)
     board = Board(model_dir) if dist_info.is_main else None
-    logger.info(f"rank {dist_info.rank}/{dist_info.world_size} on {device}: "
-                f"{len(sampler.rank_batches(state.epoch))} batches per epoch, "
-                f"first batch {sampler.rank_batches(state.epoch)[0]}")
+    batches = sampler.rank_batches(state.epoch)
+    logger.info(f"rank {dist_info.rank}/{dist_info.world_size} on {device}: {len(batches)} batches per epoch, "
+                f"first batch {batches[0]}")
+    total = planned_steps(state, int(hps.train.epochs), len(batches), options.max_steps)
     try:
-        with StopFlag().installed() as stop:
-            return _loop(state, hps, options, dist_info, loader, sampler, val_loader, board, stop, device)
+        with StopFlag().installed() as stop, StepProgress(total, state.step, desc="training",
+                                                          enabled=dist_info.is_main) as progress:
+            return _loop(state, hps, options, dist_info, loader, sampler, val_loader, board, stop, device, progress)
     finally:
         if board is not None:
             board.close()
 
 
+def planned_steps(state: TrainState, epochs: int, batches_per_epoch: int, max_steps: int | None) -> int:
+    """How many steps will have run when training ends: at the end of epoch `epochs`, or after step
+    `max_steps` (steps count from 0), whichever comes first. `state` is where the run starts."""
+    remaining_epochs = max(0, epochs - state.epoch)
+    to_epochs_end = state.step
+    if state.epoch <= epochs:
+        to_epochs_end += max(0, batches_per_epoch - state.epoch_step) + remaining_epochs * batches_per_epoch
+    return to_epochs_end if max_steps is None else min(to_epochs_end, max_steps + 1)
+
+
 def _loop(state: TrainState, hps: HParams, options: RunOptions, dist_info: Dist, loader: DataLoader,
           sampler: BucketSampler, val_loader: DataLoader | None, board: Board | None, stop: StopFlag,
-          device: torch.device) -> int:
+          device: torch.device, progress: StepProgress) -> int:
     train_cfg = hps.train
     seed = int(train_cfg.seed)
     last_saved: int | None = state.step - 1 if state.step > 0 else None
@@ -448,6 +469,7 @@ def _loop(state: TrainState, hps: HParams, options: RunOptions, dist_info: Dist,
                     save(state, hps, options.model_dir, step)
                 last_saved = step
             state.step += 1
+            progress.advance(epoch=state.epoch)
             if interrupted:
                 logger.warning(f"interrupted after step {step}; run the same command again to resume")
                 return EXIT_INTERRUPTED
@@ -548,6 +570,7 @@ def launch(hps: HParams, options: RunOptions) -> int:
 
 
 def _spawned(index: int, world_size: int, config: dict, options: RunOptions) -> None:
+    route_logs_through_tqdm()  # a fresh process: loguru has its default handler again
     code = _run_rank(Dist(index, world_size, index), config, options)
     if code:
         sys.exit(code)

@@ -36,6 +36,35 @@ def test_compress_drops_enc_q_and_optimizer(tmp_path):
     half = read_checkpoint(tmp_path / "out" / "small.pth")
     assert all(v.dtype == torch.float16 for v in half["model"].values() if v.is_floating_point())
     assert set(half["model"]) == expected
+    for key in expected:
+        assert torch.equal(half["model"][key], release["model"][key].half())
+
+
+def test_half_keeps_shared_weights_shared(tmp_path):
+    """With flow_share_parameter the flows share one WN: -hf stores it once, so the file shrinks by about
+    half of the float32 release's weight bytes, and the shared keys load as one tensor again."""
+    hps = tiny_config(tmp_path / "data")
+    hps.model.flow_share_parameter = True
+    save_config(hps, tmp_path / "config.json")
+    torch.manual_seed(0)
+    save(build_state(hps, torch.device("cpu"), build_generator), hps, tmp_path, 5)
+    run_script("compress_model.py", "-c", tmp_path / "config.json", "-i", tmp_path / "G_5.pth")
+    run_script("compress_model.py", "-c", tmp_path / "config.json", "-i", tmp_path / "G_5.pth", "-hf")
+    full, half = (tmp_path / "G_5_release.pth").stat().st_size, (tmp_path / "G_5_release_half.pth").stat().st_size
+    release = read_checkpoint(tmp_path / "G_5_release.pth")["model"]
+    weight_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in release.values()}.values())
+    assert full - half > 0.45 * weight_bytes
+    assert sharing_groups(read_checkpoint(tmp_path / "G_5_release_half.pth")["model"]) == sharing_groups(release)
+
+
+def sharing_groups(weights: dict) -> list[list[str]]:
+    """The sets of keys (more than one) that hold the same tensor data."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in weights.items():
+        groups.setdefault(tensor.untyped_storage().data_ptr(), []).append(key)
+    shared = sorted(keys for keys in groups.values() if len(keys) > 1)
+    assert shared, "the model should share the flows' WN weights"
+    return shared
 
 
 def test_compress_missing_input_is_a_clear_error(tmp_path):
