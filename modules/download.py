@@ -49,26 +49,28 @@ class ChecksumError(SvcError):
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, sha256_prefix: str | None = None,
-             timeout: float = 30.0, desc: str | None = None) -> Path:
+             timeout: float = 30.0, desc: str | None = None, manual_dest: str | os.PathLike | None = None) -> Path:
     """Stream `url` to `dest` with a progress bar; the file appears under its name only once complete and verified.
 
     `timeout` bounds connecting and each read (seconds). A network or HTTP failure, a short read or a
-    hash mismatch raises SvcError and leaves `dest` as it was (a previous file there is kept).
+    hash mismatch raises SvcError and leaves `dest` as it was (a previous file there is kept). The message
+    tells the user to put a hand-downloaded copy at `manual_dest` (default `dest`).
     """
     dest = Path(dest)
+    manual = Path(manual_dest) if manual_dest is not None else dest
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     with atomic_path(dest, suffix=".part") as tmp:
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 actual = _stream(response, tmp, desc or dest.name)
         except urllib.error.HTTPError as error:
-            raise _download_error(url, dest, f"HTTP {error.code} {error.reason}") from None
+            raise _download_error(url, manual, f"HTTP {error.code} {error.reason}") from None
         except urllib.error.URLError as error:
-            raise _download_error(url, dest, _reason(error.reason)) from None
+            raise _download_error(url, manual, _reason(error.reason)) from None
         except (OSError, http.client.HTTPException) as error:
-            raise _download_error(url, dest, _reason(error)) from None
+            raise _download_error(url, manual, _reason(error)) from None
         check_sha256(actual, sha256, sha256_prefix, what=f"the file downloaded from {url}",
-                     after="it was removed; try again, or download it yourself and put it at " + str(dest))
+                     after="it was removed; try again, or download it yourself and put it at " + str(manual))
     return dest
 
 
@@ -101,7 +103,8 @@ def _reason(reason: object) -> str:
 
 
 def _download_error(url: str, dest: Path, reason: str) -> DownloadError:
-    return DownloadError(f"cannot download {url}: {reason}; download it yourself and put it at {dest}")
+    return DownloadError(f"cannot download {url}: {reason}; download it yourself and put it at {dest}"
+                         + (" (this script unpacks it from there)" if dest.suffix == ".zip" else ""))
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -289,17 +292,33 @@ def is_in_place(entry: DirectDownload, pretrain_dir: Path) -> bool:
 
 
 def fetch(entry: DirectDownload, pretrain_dir: Path, base_url: str | None = None, timeout: float = 30.0) -> None:
-    """Download `entry` into `pretrain_dir` (unpacking the files it wants from a zip)."""
+    """Download `entry` into `pretrain_dir` (unpacking the files it wants from a zip).
+
+    For a zip, a copy the user saved by hand as `<pretrain_dir>/<zip name>` is used instead of the network
+    (checked like a download, and kept); when the download fails, the message names that place.
+    """
     url = mirror_url(entry.url, base_url)
-    logger.info(f"downloading {entry.name} from {url}")
     if entry.file:
+        logger.info(f"downloading {entry.name} from {url}")
         download(url, pretrain_dir / entry.file, entry.sha256, entry.sha256_prefix, timeout, desc=entry.file)
         return
     pretrain_dir.mkdir(parents=True, exist_ok=True)
+    saved_zip = pretrain_dir / Path(urlsplit(entry.url).path).name
+    if saved_zip.is_file():
+        logger.info(f"unpacking {entry.name} from {saved_zip}")
+        check_sha256(file_sha256(saved_zip), entry.sha256, entry.sha256_prefix, what=str(saved_zip),
+                     after="it was left in place; delete it or replace it with the published file")
+        _unpack(entry, saved_zip, pretrain_dir)
+        return
+    logger.info(f"downloading {entry.name} from {url}")
     with tempfile.TemporaryDirectory(dir=pretrain_dir, prefix=".download-") as tmp:
-        archive = download(url, Path(tmp) / Path(urlsplit(url).path).name, entry.sha256, entry.sha256_prefix,
-                           timeout)
-        extract_members(archive, {member: pretrain_dir / dest for member, dest in entry.unzip})
+        archive = download(url, Path(tmp) / saved_zip.name, entry.sha256, entry.sha256_prefix, timeout,
+                           manual_dest=saved_zip)
+        _unpack(entry, archive, pretrain_dir)
+
+
+def _unpack(entry: DirectDownload, archive: Path, pretrain_dir: Path) -> None:
+    extract_members(archive, {member: pretrain_dir / dest for member, dest in entry.unzip})
     logger.info(f"unpacked {', '.join(entry.files)} into {pretrain_dir}")
 
 

@@ -68,34 +68,49 @@ def kmeans_table(codebooks: dict[str, np.ndarray], speakers: Speakers, hidden: i
     return table, length
 
 
-def export_kmeans(kmeans_path: str | os.PathLike, speakers: Speakers, hidden: int, folder: str | os.PathLike) -> int:
-    """4.1's `kmeans_10000.pt` -> `<folder>/KMeans.npy`; returns KMeansLength (rows per character)."""
+def prepare_kmeans(kmeans_path: str | os.PathLike, speakers: Speakers, hidden: int) -> tuple[np.ndarray, int]:
+    """Load and check 4.1's `kmeans_10000.pt`; -> (KMeans.npy's table, KMeansLength). Writes nothing."""
     codebooks = {name: centres.numpy() for name, centres in load_kmeans(kmeans_path).items()}
-    table, length = kmeans_table(codebooks, speakers, hidden)
+    return kmeans_table(codebooks, speakers, hidden)
+
+
+def write_kmeans(table: np.ndarray, folder: str | os.PathLike) -> Path:
+    """`<folder>/KMeans.npy` from a table made by `prepare_kmeans`."""
     path = Path(folder) / KMEANS_FILE
     write_npy_fixed_header(path, table)
-    logger.info(f"wrote {path}: {len(speakers.names)} character(s) x {length} centres x {hidden}")
+    logger.info(f"wrote {path}: {table.shape[0]} centres x {table.shape[1]}")
+    return path
+
+
+def export_kmeans(kmeans_path: str | os.PathLike, speakers: Speakers, hidden: int, folder: str | os.PathLike) -> int:
+    """4.1's `kmeans_10000.pt` -> `<folder>/KMeans.npy`; returns KMeansLength (rows per character)."""
+    table, length = prepare_kmeans(kmeans_path, speakers, hidden)
+    write_kmeans(table, folder)
     return length
 
 
-def export_index(index_path: str | os.PathLike, speakers: Speakers, hidden: int,
-                 folder: str | os.PathLike) -> list[Path]:
-    """4.1's `feature_and_index.pkl` -> `<folder>/Index-<i>.index` for character i (= speaker ids[i])."""
-    import faiss
-
+def prepare_index(index_path: str | os.PathLike, speakers: Speakers, hidden: int) -> list["faiss.Index"]:  # noqa: F821
+    """Load and check 4.1's `feature_and_index.pkl`; -> one faiss index per character, in MoeVS order."""
     indexes = load_feature_index(index_path)
     missing = [f"{name} (id {sid})" for name, sid in zip(speakers.names, speakers.ids) if sid not in indexes]
     if missing:
         raise SvcError(f"the feature index has no entry for speaker(s) {', '.join(missing)}; MoeVS reads "
                        f"Index-0, Index-1, ... up to the first gap. Rebuild it with train_index.py, or export "
                        f"without it (--no_cluster)")
+    for sid in speakers.ids:
+        if indexes[sid].index.d != hidden:
+            raise SvcError(f"the feature index of speaker id {sid} holds {indexes[sid].index.d}-dim vectors; the "
+                           f"model's content features are {hidden}-dim. Was it built with another encoder?")
+    return [indexes[sid].index for sid in speakers.ids]
+
+
+def write_indexes(indexes: list["faiss.Index"], folder: str | os.PathLike) -> list[Path]:  # noqa: F821
+    """`<folder>/Index-<i>.index` for character i; stale higher-numbered files are removed."""
+    import faiss
+
     folder = Path(folder)
     written = []
-    for position, sid in enumerate(speakers.ids):
-        index = indexes[sid].index
-        if index.d != hidden:
-            raise SvcError(f"the feature index of speaker id {sid} holds {index.d}-dim vectors; the model's "
-                           f"content features are {hidden}-dim. Was it built with another encoder?")
+    for position, index in enumerate(indexes):
         path = folder / f"Index-{position}.index"
         with atomic_path(path, suffix=".index") as tmp:
             faiss.write_index(index, str(tmp))
@@ -103,6 +118,12 @@ def export_index(index_path: str | os.PathLike, speakers: Speakers, hidden: int,
     remove_stale_indexes(folder, len(written))
     logger.info(f"wrote {len(written)} index file(s) Index-0..{len(written) - 1}.index in {folder}")
     return written
+
+
+def export_index(index_path: str | os.PathLike, speakers: Speakers, hidden: int,
+                 folder: str | os.PathLike) -> list[Path]:
+    """4.1's `feature_and_index.pkl` -> `<folder>/Index-<i>.index` for character i (= speaker ids[i])."""
+    return write_indexes(prepare_index(index_path, speakers, hidden), folder)
 
 
 def remove_stale_indexes(folder: Path, count: int) -> None:

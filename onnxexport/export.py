@@ -1,9 +1,10 @@
 """One export for MoeVoiceStudio: checks, graph, parity, cluster files, optional encoder, descriptor.
 
 Everything that can be refused (unknown encoder, bad speaker map, missing files) is refused before the
-model is loaded. Each ONNX file is written under a temporary name and only takes its final name once its
-parity check has passed; the descriptor is written last, so a failed export never leaves a descriptor
-pointing at an unverified model.
+model is loaded, and every input (model, cluster file, encoder checkpoint) is loaded and checked before the
+first file is written, so a refused input leaves no output behind. Each ONNX file is written under a
+temporary name and only takes its final name once its parity check has passed; the descriptor is written
+last, so a failed export never leaves a descriptor pointing at an unverified model.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from loguru import logger
 
@@ -20,8 +22,8 @@ from modules.config import load_model_config
 from modules.errors import SvcError
 from modules.fileio import atomic_path, safe_torch_load
 from modules.pretrained import require_pretrained
-from onnxexport.cluster import export_index, export_kmeans
-from onnxexport.descriptor import build_descriptor, hubert_name, model_speakers, write_descriptor
+from onnxexport.cluster import prepare_index, prepare_kmeans, write_indexes, write_kmeans
+from onnxexport.descriptor import Speakers, build_descriptor, hubert_name, model_speakers, write_descriptor
 from onnxexport.encoder import check_encoder_parity, export_encoder, load_encoder, parse_encoder_name
 from onnxexport.graph import OPSET, SovitsOnnx, export_graph
 from onnxexport.parity import TOLERANCE, GraphShape, check_parity, moevs_inputs
@@ -100,6 +102,33 @@ def load_model(model_path: str | os.PathLike, config: dict) -> SynthesizerTrn:
     return model.float().eval()
 
 
+@dataclass
+class ClusterExport:
+    """A checked cluster file, ready to be written in MoeVS's layout."""
+
+    kind: str | None = None  # "KMeans", "Index" or None
+    kmeans_table: np.ndarray | None = None
+    kmeans_length: int | None = None
+    indexes: list = field(default_factory=list)
+
+    def write(self, folder: Path) -> list[Path]:
+        if self.kind == "KMeans":
+            return [write_kmeans(self.kmeans_table, folder)]
+        if self.kind == "Index":
+            return write_indexes(self.indexes, folder)
+        return []
+
+
+def prepare_cluster(kind: str | None, path: Path | None, speakers: Speakers, hidden: int) -> ClusterExport:
+    """Load and check the cluster file (`resolve_cluster`'s answer) the export will convert; writes nothing."""
+    if kind == "KMeans":
+        table, length = prepare_kmeans(path, speakers, hidden)
+        return ClusterExport(kind, kmeans_table=table, kmeans_length=length)
+    if kind == "Index":
+        return ClusterExport(kind, indexes=prepare_index(path, speakers, hidden))
+    return ClusterExport()
+
+
 def export_for_moevs(options: ExportOptions) -> ExportResult:
     """Write `<out>/<name>/<name>_SoVits.onnx`, cluster files, `<out>/<name>.json` (and the encoder)."""
     name = check_folder_name(options.name)
@@ -115,6 +144,10 @@ def export_for_moevs(options: ExportOptions) -> ExportResult:
         parse_encoder_name(hubert)
         require_pretrained(options.encoder_checkpoint, f"the {hubert} encoder export (--export_encoder)")
     model = load_model(options.model_path, config)
+    cluster = prepare_cluster(cluster_kind, cluster_path, speakers, model.config.ssl_dim)
+    encoder = None
+    if options.export_encoder:
+        encoder = load_encoder(require_pretrained(options.encoder_checkpoint, f"the {hubert} encoder export"), hubert)
     chara_mix = len(speakers.ids) >= 2 and not options.plain_sid
     folder = Path(options.output_dir) / name
     onnx_path = folder / f"{name}_SoVits.onnx"
@@ -129,16 +162,11 @@ def export_for_moevs(options: ExportOptions) -> ExportResult:
         parity = check_parity(model, tmp, shape, speakers.ids, options.parity_frames, options.tolerance)
     logger.info(f"wrote {onnx_path}")
     result = ExportResult(onnx=onnx_path, descriptor=Path(options.output_dir) / f"{name}.json", parity=parity)
-    kmeans_length = None
-    if cluster_kind == "KMeans":
-        kmeans_length = export_kmeans(cluster_path, speakers, model.config.ssl_dim, folder)
-        result.cluster_files = [folder / "KMeans.npy"]
-    elif cluster_kind == "Index":
-        result.cluster_files = export_index(cluster_path, speakers, model.config.ssl_dim, folder)
-    if options.export_encoder:
-        result.encoder, result.encoder_parity = export_encoder_file(
-            options.encoder_checkpoint, hubert, options.output_dir, options.opset, options.tolerance)
-    descriptor = build_descriptor(name, config, speakers, hubert, chara_mix, cluster_kind, kmeans_length)
+    result.cluster_files = cluster.write(folder)
+    if encoder is not None:
+        result.encoder = Path(options.output_dir) / "hubert" / f"{hubert}.onnx"
+        result.encoder_parity = write_encoder_file(encoder, result.encoder, options.opset, options.tolerance)
+    descriptor = build_descriptor(name, config, speakers, hubert, chara_mix, cluster.kind, cluster.kmeans_length)
     write_descriptor(descriptor, result.descriptor)
     logger.info(f"wrote {result.descriptor}")
     return result
@@ -156,8 +184,14 @@ def export_encoder_file(checkpoint: str | os.PathLike, hubert: str, output_dir: 
         logger.info(f"{path} exists; kept (delete it to export it again)")
         return path, []
     encoder = load_encoder(require_pretrained(checkpoint, f"the {hubert} encoder export"), hubert)
+    return path, write_encoder_file(encoder, path, opset, tolerance)
+
+
+def write_encoder_file(encoder: torch.nn.Module, path: Path, opset: int = OPSET,
+                       tolerance: float = TOLERANCE) -> list[float]:
+    """Export a loaded content encoder to `path` once its parity check passes; -> the parity diffs."""
     with torch.no_grad(), atomic_path(path, suffix=".onnx") as tmp:
         export_encoder(encoder, tmp, opset)
         diffs = check_encoder_parity(encoder, tmp, tolerance=tolerance)
     logger.info(f"wrote {path}")
-    return path, diffs
+    return diffs

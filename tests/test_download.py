@@ -296,6 +296,24 @@ def test_script_unpacks_zips_and_explains_manual_files(server, tmp_path, monkeyp
     assert "could not download" not in result.stderr
 
 
+def test_offline_zip_is_taken_from_the_place_the_message_names(tmp_path, closed_url):
+    """Offline, a zip download says where to save it by hand: a place that survives the run (not the
+    temporary download folder), from which the next run unpacks it and which it leaves alone."""
+    pretrain = tmp_path / "pretrain"
+    unreachable = closed_url.rsplit("/main/", 1)[0]
+    result = run_script("download_pretrained.py", "rmvpe", "--pretrain_dir", pretrain, "--base_url", unreachable,
+                        check=False)
+    assert result.returncode == 1 and "connection refused" in result.stderr
+    saved_zip = pretrain / "rmvpe.zip"
+    assert f"put it at {saved_zip} (this script unpacks it from there)" in result.stderr
+    assert ".download-" not in result.stderr and leftovers(pretrain) == []
+    saved_zip.write_bytes(make_zip({"rmvpe/model.pt": b"rmvpe weights"}))
+    result = run_script("download_pretrained.py", "rmvpe", "--pretrain_dir", pretrain, "--base_url", unreachable)
+    assert f"unpacking RMVPE from {saved_zip}" in result.stderr
+    assert (pretrain / "rmvpe.pt").read_bytes() == b"rmvpe weights"
+    assert leftovers(pretrain) == ["rmvpe.pt", "rmvpe.zip"]
+
+
 def test_script_list_and_bad_name(tmp_path):
     (tmp_path / "small.pt").write_bytes(b"x")
     result = run_script("download_pretrained.py", "--list", "--pretrain_dir", tmp_path)

@@ -5,6 +5,7 @@ of each variant are exported once per module; parity runs at two short lengths.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -309,3 +310,33 @@ def test_cluster_files_and_descriptor(multi):
     assert [p.name for p in result.cluster_files] == ["Index-0.index", "Index-1.index", "Index-2.index"]
     result = export_for_moevs(dataclasses.replace(options, output_dir=out, no_cluster=True))
     assert "Cluster" not in json.loads((out / "m.json").read_text()) and result.cluster_files == []
+
+
+@pytest.mark.parametrize("kind", ["kmeans_wrong_dim", "kmeans_unsafe", "index_missing_speaker"])
+def test_refused_cluster_file_leaves_no_output(tmp_path, kind):
+    """A cluster input refused late (wrong size, unsafe file, missing speaker) is refused before any file is
+    written: no NAME_SoVits.onnx, no cluster files, no descriptor, no temporary leftovers."""
+    from cluster import save_feature_index, save_kmeans, train_feature_index
+
+    variant = VARIANTS["multi_mix"]
+    write_project(tmp_path, "m", tiny_config(variant))
+    rng = np.random.default_rng(2)
+    extra = {}
+    if kind == "kmeans_wrong_dim":
+        extra["kmeans"] = tmp_path / "kmeans_10000.pt"
+        save_kmeans({name: rng.normal(size=(5, 768)).astype(np.float32) for name in THREE}, extra["kmeans"])
+        expected = "768"
+    elif kind == "kmeans_unsafe":
+        extra["kmeans"] = tmp_path / "kmeans_10000.pt"
+        torch.save({"alice": {"cluster_centers_": argparse.Namespace()}}, extra["kmeans"])
+        expected = "could run code"
+    else:
+        extra["index"] = tmp_path / "feature_and_index.pkl"
+        index = train_feature_index(rng.normal(size=(60, 256)).astype(np.float32))
+        save_feature_index({THREE["bob"]: index}, extra["index"])
+        expected = "no entry for speaker"
+    out = tmp_path / "out"
+    with pytest.raises(SvcError, match=expected):
+        export_for_moevs(dataclasses.replace(options_for(tmp_path, "m", variant, parity_frames=(9,), **extra),
+                                             output_dir=out))
+    assert not out.exists() or not any(out.rglob("*"))
