@@ -32,9 +32,10 @@ class Conversion:
     speaker: str
     retrieval: bool = False  # also blend in the target's own features (feature retrieval, -fr -cr 0.5)
 
-    def result_name(self) -> str:
-        ratio = "_0.5" if self.retrieval else ""
-        return f"{self.song.name}_0key_{self.speaker}{ratio}_sovits_pm.flac"
+    def result_name(self, step: int) -> str:
+        """inference_main.py's name for this conversion with the model `G_<step>.pth`."""
+        ratio, retrieval = ("_0.5", "_fr") if self.retrieval else ("", "")
+        return f"{self.song.name}_0key_{self.speaker}{ratio}_sovits_pm{retrieval}_step{step}.flac"
 
 
 CONVERSIONS = (
@@ -132,24 +133,27 @@ def train_cluster_and_index(demo: Demo) -> str:
 def convert_songs(demo: Demo) -> str:
     raw = demo.work / "raw"
     raw.mkdir(exist_ok=True)
-    model = str(latest_generator(demo).relative_to(demo.work))
+    model = latest_generator(demo)
     for conversion in CONVERSIONS:
         shutil.copy2(conversion.song, raw / conversion.song.name)
         retrieval = ("-fr", "-cr", "0.5", "-cm", "logs/44k/feature_and_index.pkl") if conversion.retrieval else ()
-        demo.run("inference_main.py", "-m", model, "-c", "logs/44k/config.json", "-n", conversion.song.name,
-                 "-s", conversion.speaker, "-f0p", "pm", "-d", "cpu", *retrieval)
-    return ", ".join(str(demo.work / "results" / c.result_name()) for c in CONVERSIONS)
+        demo.run("inference_main.py", "-m", str(model.relative_to(demo.work)), "-c", "logs/44k/config.json",
+                 "-n", conversion.song.name, "-s", conversion.speaker, "-f0p", "pm", "-d", "cpu", "--overwrite",
+                 *retrieval)
+    step = generator_step(model)
+    return ", ".join(str(demo.work / "results" / c.result_name(step)) for c in CONVERSIONS)
 
 
 def check_melodies(demo: Demo) -> str:
     """How closely each result follows its song's melody (f0 by pm, both files), and its hop-rate buzz."""
     from modules.melody import buzz_of_file, compare_files
 
+    step = generator_step(latest_generator(demo))
     for conversion in CONVERSIONS:
-        result = demo.work / "results" / conversion.result_name()
+        result = demo.work / "results" / conversion.result_name(step)
         match = compare_files(conversion.song, result)
         buzz, natural = buzz_of_file(conversion.song, result), buzz_of_file(conversion.song, conversion.song)
-        print(f"  {conversion.result_name()}: {match.describe()}; hop-rate buzz {_db(buzz)} against the "
+        print(f"  {result.name}: {match.describe()}; hop-rate buzz {_db(buzz)} against the "
               f"harmonics (the source itself: {_db(natural)})", flush=True)
     return "a share near 100 % means the result sings the source's melody; natural singing has ~-20 dB of buzz"
 
@@ -159,10 +163,14 @@ def _db(value: float | None) -> str:
 
 
 def latest_generator(demo: Demo) -> Path:
-    checkpoints = sorted((demo.work / "logs" / "44k").glob("G_*.pth"), key=lambda p: int(p.stem[2:]))
+    checkpoints = sorted((demo.work / "logs" / "44k").glob("G_*.pth"), key=generator_step)
     if not checkpoints:
         raise SvcError("training wrote no G_*.pth checkpoint")
     return checkpoints[-1]
+
+
+def generator_step(path: Path) -> int:
+    return int(path.stem[2:])
 
 
 STEPS: list[tuple[str, Callable[[Demo], str]]] = [

@@ -3,11 +3,18 @@
     python inference_main.py -m logs/44k/G_30400.pth -c configs/config.json -n song.wav -t 0 -s nen
 
 Flags and defaults are 4.1's (spec §3.8); every input is converted for every listed speaker.
+Everything that can be checked (inputs, results folder, format, speakers, pretrained files) is checked
+before the model is loaded. Result names carry tags for options 4.1's names leave out (inference/naming.py),
+and an existing result is never overwritten unless --overwrite is given.
 """
 from __future__ import annotations
 
 import argparse
+
 from modules.errors import run_cli
+
+MAX_TRANSPOSE = 48  # semitones: four octaves either way is beyond any voice
+MIN_MAX_SLICE_SECONDS = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--raw_dir", default="raw", help="folder of the inputs")
     add("--results_dir", default="results", help="folder of the outputs")
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and vocoder")
+    add("--max_slice_seconds", type=float, default=30,
+        help="slices longer than this are cut into crossfaded clips to bound memory (0: never)")
+    add("--overwrite", action="store_true",
+        help="replace an existing result instead of writing <name>_1.<fmt>, <name>_2.<fmt> ...")
     return p
 
 
@@ -60,6 +71,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("-lgr/--linear_gradient_retain must lie in (0, 1]")
     if args.noice_scale < 0:
         parser.error("-ns/--noice_scale must not be negative")
+    too_far = [t for t in args.trans if abs(t) > MAX_TRANSPOSE]
+    if too_far:
+        parser.error(f"-t/--trans {too_far[0]:g} is out of range: a pitch shift must lie within "
+                     f"-{MAX_TRANSPOSE}..{MAX_TRANSPOSE} semitones (four octaves)")
+    if 0 < args.max_slice_seconds < MIN_MAX_SLICE_SECONDS or args.max_slice_seconds < 0:
+        parser.error(f"--max_slice_seconds must be 0 (no limit) or at least {MIN_MAX_SLICE_SECONDS:g}")
 
 
 def main() -> None:

@@ -100,6 +100,7 @@ class DiffusionOnlySvc(Svc):
         self.spk2id = {str(k): int(v) for k, v in config.get("spk", {"speaker": 0}).items()}
         self.unit_interpolate_mode = config.data.get("unit_interpolate_mode", "left")
         self.vol_embedding = True
+        self.can_predict_f0 = False
         self.pretrain_dir = Path(args.pretrain_dir)
         self.encoder = get_speech_encoder(config.data.encoder, self.device, self.pretrain_dir)
         self.cluster = None

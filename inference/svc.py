@@ -2,26 +2,39 @@
 
 `Svc.convert_clip` converts one short clip; `Svc.convert` handles a whole recording the way 4.1's
 `slice_inference` does (silence slicing, padding, forced clips with crossfade, speaker-mix timelines).
+
+Memory: the text encoder and the speech encoder attend over every frame of what they are given, so their
+memory grows with the square of a slice's length (a 12-minute slice without silence asks for ~31 GB).
+Slices longer than `max_slice_seconds` (default 30 s) are therefore cut into equal clips of at most that
+length, each later one starting `AUTO_CROSSFADE_SECONDS` early and crossfaded like `-cl`/`-lg` clips.
+30 s keeps the attention buffers of the default model at a few hundred MB on any input, and is long
+enough that joins are rare and every clip has ample context; shorter slices are converted untouched.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from inference.loudness import mix_loudness
+from inference.speakers import speaker_id
 from inference.spkmix import Timeline, mix_weights
 from modules.audio import fit_length, resample
 from modules.config import load_model_config
 from modules.dsp import repeat_expand_2d, volume
 from modules.errors import ConfigError, SvcError
 from modules.fileio import safe_torch_load
-from modules.slicer import Slicer
+from modules.slicer import Segment, Slicer
 
 ENCODER_SR = 16000
+DEFAULT_MAX_SLICE_SECONDS = 30.0  # longer slices are cut into crossfaded clips (see the module docstring)
+AUTO_CROSSFADE_SECONDS = 1.0      # overlap of those clips when -lg does not set one
+PROGRESS_MIN_SECONDS = 10.0       # inputs longer than this show a progress bar
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class ConversionOptions:
     clip_seconds: float = 0.0
     linear_gradient: float = 0.0         # crossfade seconds between forced clips
     linear_gradient_retain: float = 0.75
+    max_slice_seconds: float = DEFAULT_MAX_SLICE_SECONDS  # 0: never cut a slice automatically
 
 
 @dataclass
@@ -77,7 +91,10 @@ class Svc:
         self.pretrain_dir = Path(pretrain_dir)
 
         self.net_g = SynthesizerTrn.from_config(self.config)
-        load_generator_weights(self.net_g, safe_torch_load(model_path))
+        report = load_generator_weights(self.net_g, safe_torch_load(model_path),
+                                        optional_prefixes=("enc_q.", "f0_decoder."))
+        self.can_predict_f0 = (bool(self.config.model.get("use_automatic_f0_prediction", True))
+                               and "f0_decoder." not in report.skipped_prefixes)
         self.net_g.remove_weight_norm()
         self.net_g.eval().to(self.device)
         self.encoder = get_speech_encoder(self.config.model.speech_encoder, self.device, self.pretrain_dir)
@@ -101,15 +118,14 @@ class Svc:
         return self._f0_predictors[key]
 
     def speaker_id(self, speaker: str | int) -> int:
-        if isinstance(speaker, str) and speaker in self.spk2id:
-            return self.spk2id[speaker]
-        try:
-            sid = int(speaker)
-        except (TypeError, ValueError):
-            sid = -1
-        if sid not in self.spk2id.values():
-            raise ConfigError(f"unknown speaker {speaker!r}; this model has: {', '.join(self.spk2id)}")
-        return sid
+        return speaker_id(self.spk2id, speaker)
+
+    def check_options(self, opts: ConversionOptions) -> None:
+        """Refuse options this model cannot honour, before any work is done."""
+        if opts.auto_predict_f0 and not self.can_predict_f0:
+            raise ConfigError("-a/--auto_predict_f0 needs the model's F0 decoder, and this model has none "
+                              "(config model.use_automatic_f0_prediction is false, or the checkpoint has no "
+                              "f0_decoder weights); leave out -a: the f0 predictor (-f0p) gives the pitch")
 
     def units_f0(self, wav: np.ndarray, opts: ConversionOptions, sid: int | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,30 +198,49 @@ class Svc:
     # ----- a whole recording --------------------------------------------------------------------
 
     def convert(self, audio: np.ndarray, sr: int, opts: ConversionOptions,
-                timeline: Timeline | None = None) -> np.ndarray:
-        """Convert a whole recording `[N]` at `sr`; returns float32 audio at the model rate, same duration."""
+                timeline: Timeline | None = None, label: str = "") -> np.ndarray:
+        """Convert a whole recording `[N]` at `sr`; returns float32 audio at the model rate, same duration.
+
+        Inputs longer than PROGRESS_MIN_SECONDS show a progress bar (seconds of audio done) named `label`.
+        """
+        self.check_options(opts)
         wav = resample(np.asarray(audio, dtype=np.float32), sr, self.target_sample)
         total_frames = max(len(wav) // self.hop_length, 1)
         mix = mix_weights(timeline, total_frames) if timeline is not None else None
-        slicer = Slicer(self.target_sample, threshold_db=opts.slice_db)
-        pieces = []
-        for segment in slicer.segments(wav):
-            length = segment.end - segment.start
-            if segment.silent:
-                pieces.append(np.zeros(length, dtype=np.float32))
-                continue
-            pieces.append(self._convert_segment(wav[segment.start:segment.end], segment.start, opts, mix))
+        segments = Slicer(self.target_sample, threshold_db=opts.slice_db).segments(wav)
+        with self._progress_bar(len(wav), label) as bar:
+            pieces = [self._convert_part(wav, segment, opts, mix, bar) for segment in segments]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
-    def _convert_segment(self, wav: np.ndarray, offset: int, opts: ConversionOptions,
-                         mix: np.ndarray | None) -> np.ndarray:
-        """A voiced segment: forced clips of `clip_seconds` overlapping by `linear_gradient`, crossfaded."""
-        sr = self.target_sample
-        clip = int(opts.clip_seconds * sr)
-        overlap = int(opts.linear_gradient * sr) if clip > 0 else 0
-        overlap = min(overlap, clip // 2) if clip > 0 else 0
-        if clip <= 0 or len(wav) <= clip:
-            return self._convert_padded(wav, offset, opts, mix)
+    def _convert_part(self, wav: np.ndarray, segment: Segment, opts: ConversionOptions, mix: np.ndarray | None,
+                      bar: tqdm) -> np.ndarray:
+        """One slicer segment of `wav`: silence stays silence, a voiced segment is converted."""
+        def advance(samples: int) -> None:
+            bar.update(samples / self.target_sample)
+
+        if segment.silent:
+            advance(segment.end - segment.start)
+            return np.zeros(segment.end - segment.start, dtype=np.float32)
+        return self._convert_segment(wav[segment.start:segment.end], segment.start, opts, mix, advance)
+
+    def _progress_bar(self, n_samples: int, label: str) -> tqdm:
+        seconds = n_samples / self.target_sample
+        return tqdm(total=round(seconds, 2), desc=label or "converting", unit="s", leave=True,
+                    disable=seconds <= PROGRESS_MIN_SECONDS,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} s of audio "
+                               "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def _convert_segment(self, wav: np.ndarray, offset: int, opts: ConversionOptions, mix: np.ndarray | None,
+                         advance: Callable[[int], None] = lambda samples: None) -> np.ndarray:
+        """A voiced segment: clips of `clip_plan` length overlapping by its overlap, crossfaded.
+
+        `advance(samples)` is told how much of the segment is done after each clip.
+        """
+        clip, overlap = clip_plan(len(wav), self.target_sample, opts)
+        if clip == 0:
+            out = self._convert_padded(wav, offset, opts, mix)
+            advance(len(wav))
+            return out
         result = np.zeros(0, dtype=np.float32)
         start = 0
         while start < len(wav):
@@ -213,6 +248,7 @@ class Svc:
             end = min(start + clip, len(wav))
             piece = self._convert_padded(wav[begin:end], offset + begin, opts, mix)
             result = crossfade_join(result, piece, start - begin, opts.linear_gradient_retain)
+            advance(end - start)
             start = end
         return result
 
@@ -229,6 +265,25 @@ class Svc:
             piece_mix = mix[rows]
         out, _ = self.convert_clip(padded, opts, piece_mix)
         return fit_length(out[pad:pad + len(wav)], len(wav))
+
+
+def clip_plan(n_samples: int, sr: int, opts: ConversionOptions) -> tuple[int, int]:
+    """(clip length, overlap) in samples for a voiced slice of `n_samples`; clip 0 converts it whole.
+
+    The user's `-cl`/`-lg` apply while a clip with its overlap stays within `max_slice_seconds`; slices
+    longer than that bound are otherwise cut into equal clips that, overlap included, fit the bound.
+    """
+    limit = int(opts.max_slice_seconds * sr) if opts.max_slice_seconds > 0 else 0
+    clip = int(opts.clip_seconds * sr)
+    if clip > 0:
+        overlap = min(int(opts.linear_gradient * sr), clip // 2)
+        if not limit or clip + overlap <= limit:
+            return (0, 0) if n_samples <= clip else (clip, overlap)
+    if not limit or n_samples <= limit:
+        return 0, 0
+    overlap = min(int((opts.linear_gradient or AUTO_CROSSFADE_SECONDS) * sr), limit // 4)
+    n_clips = math.ceil(n_samples / (limit - overlap))
+    return math.ceil(n_samples / n_clips), overlap
 
 
 def crossfade_join(head: np.ndarray, tail: np.ndarray, overlap: int, retain: float) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from modules.errors import SvcError, UnsafeFileError
+from modules.filekind import describe_non_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -60,26 +61,52 @@ def np_save(path: str | os.PathLike, array: Any, allow_pickle: bool = False) -> 
             np.save(f, array, allow_pickle=allow_pickle)
 
 
+class NotACheckpointError(SvcError):
+    """A file given as a checkpoint is something else (text, a web page, an LFS pointer, an archive ...)."""
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: "str | torch.device" = "cpu") -> Any:
     """torch.load that never executes code from the file (weights_only=True).
 
-    A file that needs anything beyond tensors, containers and plain numbers is refused with an
-    UnsafeFileError naming the file; a missing or corrupt file gives an SvcError.
+    A file that is plainly something else (empty, text, HTML, JSON, a git-LFS pointer, an archive) is
+    refused with a NotACheckpointError saying what it looks like. A file that needs anything beyond
+    tensors, containers and plain numbers is refused with an UnsafeFileError naming the file; a missing,
+    truncated or corrupt file gives an SvcError.
     """
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise SvcError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise SvcError(f"file not found: {path}")
+    looks_like = describe_non_checkpoint(path)
+    if looks_like is not None:
+        raise NotACheckpointError(f"{path} is not a checkpoint ({looks_like})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if not _refused_by_weights_only(error):
+            raise SvcError(f"cannot read {path}: {_first_line(error)} (a truncated or damaged file?)") from None
         raise UnsafeFileError(
-            f"{path} holds objects that are not plain tensors ({_first_line(error)}); "
+            f"{path} holds objects that are not plain tensors ({_refusal_reason(error)}); "
             "it was not loaded, because loading it could run code from the file"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise SvcError(f"cannot read {path}: {_first_line(error)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        raise SvcError(f"cannot read {path}: {_first_line(error)} (a truncated or damaged file?)") from None
+
+
+def _refused_by_weights_only(error: pickle.UnpicklingError) -> bool:
+    return "weights only" in str(error).lower() or "unsupported" in str(error).lower()
+
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only message that names what was refused (its first line is boilerplate)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "unsupported" in line.lower() or "GLOBAL" in line:
+            return line.rstrip(".")
+    return lines[0] if lines else type(error).__name__
 
 
 def _first_line(error: BaseException) -> str:

@@ -35,9 +35,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 
     assert (work / "logs/44k/G_200.pth").is_file()
     assert (work / "logs/44k/kmeans_100.pt").is_file() and (work / "logs/44k/feature_and_index.pkl").is_file()
-    songs = {"vocadito_14.wav_0key_sms_tools_sovits_pm.flac": "vocadito/vocadito_14.wav",
-             "sms_singing_female.wav_0key_vocadito_sovits_pm.flac": "sms_tools/sms_singing_female.wav",
-             "sms_singing_female.wav_0key_vocadito_0.5_sovits_pm.flac": "sms_tools/sms_singing_female.wav"}
+    songs = {"vocadito_14.wav_0key_sms_tools_sovits_pm_step200.flac": "vocadito/vocadito_14.wav",
+             "sms_singing_female.wav_0key_vocadito_sovits_pm_step200.flac": "sms_tools/sms_singing_female.wav",
+             "sms_singing_female.wav_0key_vocadito_0.5_sovits_pm_fr_step200.flac": "sms_tools/sms_singing_female.wav"}
     assert sorted(p.name for p in (work / "results").iterdir()) == sorted(songs)
     for name, song in songs.items():
         source = REPO / "samples/dataset_raw" / song

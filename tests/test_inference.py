@@ -96,21 +96,21 @@ def read(workdir: Path, name: str) -> tuple[np.ndarray, int]:
 
 def test_basic_conversion_names_lengths_and_speakers(workdir):
     convert(workdir, "-n", "song", "stereo48k.wav", "-t", "2", "-s", "alto", "tenor", "-wf", "wav")
-    alto, sr = read(workdir, "song_2key_alto_sovits_pm.wav")  # 4.1 keeps the name as typed
-    tenor, _ = read(workdir, "song_2key_tenor_sovits_pm.wav")
+    alto, sr = read(workdir, "song_2key_alto_sovits_pm_step1.wav")  # 4.1 keeps the name as typed
+    tenor, _ = read(workdir, "song_2key_tenor_sovits_pm_step1.wav")
     assert sr == SR and alto.ndim == 1
     assert abs(len(alto) - 3.0 * SR) <= 512
     assert np.isfinite(alto).all() and np.abs(alto).max() > 0
     assert not np.allclose(alto, tenor)
-    stereo, _ = read(workdir, "stereo48k.wav_2key_alto_sovits_pm.wav")  # -t padded with its first value
+    stereo, _ = read(workdir, "stereo48k.wav_2key_alto_sovits_pm_step1.wav")  # -t padded with its first value
     assert abs(len(stereo) - 2.0 * SR) <= 512
 
 
 def test_noise_scale_zero_is_deterministic_and_padding_zero_keeps_audio(workdir):
     for out in ("a", "b"):
         convert(workdir, "-n", "song.wav", "-s", "alto", "-ns", "0", "-p", "0", "--results_dir", f"results/{out}")
-    first, _ = read(workdir, "a/song.wav_0key_alto_sovits_pm.flac")
-    second, _ = read(workdir, "b/song.wav_0key_alto_sovits_pm.flac")
+    first, _ = read(workdir, "a/song.wav_0key_alto_sovits_pm_step1.flac")
+    second, _ = read(workdir, "b/song.wav_0key_alto_sovits_pm_step1.flac")
     np.testing.assert_array_equal(first, second)
     assert np.abs(first[SR:2 * SR]).max() > 0  # pad 0 is no longer silence (4.1 bug §19.6)
 
@@ -118,14 +118,14 @@ def test_noise_scale_zero_is_deterministic_and_padding_zero_keeps_audio(workdir)
 def test_forced_clips_crossfade_f0_options_and_loudness(workdir):
     convert(workdir, "-n", "song.wav", "-s", "tenor", "-cl", "1", "-lg", "0.2", "-lgr", "0.5", "-sd", "-35",
             "-f0p", "dio", "-ft", "0.1", "-lea", "0.5", "-a", "-ns", "0.2")
-    audio, _ = read(workdir, "song.wav_auto_tenor_sovits_dio.flac")
+    audio, _ = read(workdir, "song.wav_auto_tenor_sovits_dio_lea0.5_step1.flac")
     assert abs(len(audio) - 3.0 * SR) <= 512 and np.isfinite(audio).all()
 
 
 def test_kmeans_and_feature_retrieval(workdir):
     convert(workdir, "-n", "song.wav", "-s", "alto", "-cr", "0.5", "-cm", "kmeans_10000.pt", "-ns", "0")
     convert(workdir, "-n", "song.wav", "-s", "alto", "-cr", "0.5", "-fr", "-cm", "feature_and_index.pkl", "-ns", "0")
-    kmeans, _ = read(workdir, "song.wav_0key_alto_0.5_sovits_pm.flac")
+    kmeans, _ = read(workdir, "song.wav_0key_alto_0.5_sovits_pm_step1.flac")
     assert np.isfinite(kmeans).all() and len(kmeans) > 0
     result = convert(workdir, "-n", "song.wav", "-s", "alto", "-cr", "0.5", "-cm", "missing.pt", check=False)
     assert result.returncode == 1 and "missing.pt" in result.stderr and "Traceback" not in result.stderr
@@ -133,7 +133,7 @@ def test_kmeans_and_feature_retrieval(workdir):
 
 def test_enhancer(workdir):
     convert(workdir, "-n", "歌.flac", "-s", "alto", "-eh", "-eak", "2", "--results_dir", "results/eh")
-    audio, sr = read(workdir, "eh/歌.flac_0key_alto_sovits_pm.flac")
+    audio, sr = read(workdir, "eh/歌.flac_0key_alto_sovits_pm_step1.flac")
     assert sr == SR and abs(len(audio) - 1.5 * SR) <= 512 and np.isfinite(audio).all()
 
 
@@ -154,15 +154,15 @@ def test_compressed_fp16_model_with_an_old_config(workdir):
 
 def test_silence_and_very_short_inputs(workdir):
     convert(workdir, "-n", "silence.wav", "short.wav", "-s", "alto")
-    silence, _ = read(workdir, "silence.wav_0key_alto_sovits_pm.flac")
+    silence, _ = read(workdir, "silence.wav_0key_alto_sovits_pm_step1.flac")
     assert len(silence) == 2 * SR and np.abs(silence).max() < 1e-3
-    short, _ = read(workdir, "short.wav_0key_alto_sovits_pm.flac")
+    short, _ = read(workdir, "short.wav_0key_alto_sovits_pm_step1.flac")
     assert abs(len(short) - int(0.2 * SR)) <= 512
 
 
 def test_dynamic_speaker_mix(workdir):
     convert(workdir, "-n", "song.wav", "-usm", "--spk_mix_file", "mix.json", "-ns", "0")
-    mixed, _ = read(workdir, "song.wav_0key_spk_mix_sovits_pm.flac")
+    mixed, _ = read(workdir, "song.wav_0key_spk_mix_sovits_pm_step1.flac")
     assert abs(len(mixed) - 3.0 * SR) <= 512 and np.isfinite(mixed).all()
     (workdir / "bad.json").write_text(json.dumps({"alto": [[0, 0.5, 1, 1]], "tenor": [[0, 1, 0, 1]]}))
     result = convert(workdir, "-n", "song.wav", "-usm", "--spk_mix_file", "bad.json", check=False)
@@ -179,11 +179,11 @@ def test_clear_errors_for_unknown_speaker_and_missing_input(workdir):
 def test_shallow_diffusion_and_only_diffusion(workdir):
     diff = ("-dm", "diff/model_0.pt", "-dc", "diff/config.yaml")
     convert(workdir, "-n", "歌.flac", "-s", "tenor", "-shd", "-ks", "20", *diff)
-    shallow, _ = read(workdir, "歌.flac_0key_tenor_sovdiff_pm.flac")
+    shallow, _ = read(workdir, "歌.flac_0key_tenor_sovdiff_pm_ks20_step1.flac")
     assert abs(len(shallow) - 1.5 * SR) <= 512 and np.isfinite(shallow).all()
     convert(workdir, "-n", "歌.flac", "-s", "alto", "-shd", "-se", "-ks", "10", "-usm", "--spk_mix_file", "mix.json",
             *diff)
-    mixed, _ = read(workdir, "歌.flac_0key_spk_mix_sovdiff_pm.flac")  # 4.1 crashes here (§19.2)
+    mixed, _ = read(workdir, "歌.flac_0key_spk_mix_sovdiff_pm_ks10_step1.flac")  # 4.1 crashes here (§19.2)
     assert np.isfinite(mixed).all()
     convert(workdir, "-n", "歌.flac", "-s", "alto", "-od", *diff)
     only, _ = read(workdir, "歌.flac_0key_alto_diff_pm.flac")
@@ -205,7 +205,7 @@ def test_ten_minute_input(workdir):
     long = np.tile(np.concatenate([tone(8.0), np.zeros(SR * 2, dtype=np.float32)]), 60)
     sf.write(workdir / "raw" / "long.wav", long, SR)
     convert(workdir, "-n", "long.wav", "-s", "tenor", "-wf", "wav")
-    audio, _ = read(workdir, "long.wav_0key_tenor_sovits_pm.wav")
+    audio, _ = read(workdir, "long.wav_0key_tenor_sovits_pm_step1.wav")
     assert len(audio) == len(long)
 
 
