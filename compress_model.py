@@ -31,10 +31,10 @@ def main() -> int:
     import torch
     from loguru import logger
 
-    from modules.checkpoint import read_checkpoint, release_checkpoint
-    from modules.config import load_config
-    from modules.fileio import torch_save
-    from modules.training import build_generator
+    from core.checkpoint import read_checkpoint, release_checkpoint
+    from core.config import load_config
+    from core.fileio import torch_save
+    from training.loop import build_generator
 
     hps = load_config(args.config)
     checkpoint = read_checkpoint(args.input)
@@ -49,6 +49,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from modules.errors import run_cli
+    from core.errors import run_cli
 
     run_cli(main)

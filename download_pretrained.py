@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from modules.download import MIRROR_ENV, fetch_pretrained, listing, raise_if_incomplete
-from modules.errors import run_cli
+from core.download import MIRROR_ENV, fetch_pretrained, listing, raise_if_incomplete
+from core.errors import run_cli
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from modules.errors import run_cli
+from core.errors import run_cli
 
 MAX_TRANSPOSE = 48  # semitones: four octaves either way is beyond any voice
 MIN_MAX_SLICE_SECONDS = 5.0
@@ -83,7 +83,7 @@ def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
     check_args(parser, args)
-    from inference.batch import convert_files
+    from inference.convert_files import convert_files
     convert_files(args)
 
 

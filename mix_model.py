@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from modules.errors import SvcError, run_cli
-from modules.fileio import safe_torch_load, torch_save
+from core.errors import SvcError, run_cli
+from core.fileio import safe_torch_load, torch_save
 
 
 def mix_weights(percentages: list[float], mode: str) -> list[float]:

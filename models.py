@@ -24,10 +24,10 @@ from loguru import logger
 from modules.attentions import Encoder as TransformerEncoder
 from modules.commons import rand_slice_segments_with_pitch, randn_like, sequence_mask
 from modules.discriminator import MultiPeriodDiscriminator
-from modules.dsp import f0_to_coarse
-from modules.errors import SvcError
+from core.dsp import f0_to_coarse
+from core.errors import SvcError
 from modules.f0_decoder import F0Decoder, f0_to_lf0, lf0_to_f0, normalize_f0
-from modules.modules import WN, ResidualCouplingBlock, TransformerCouplingBlock
+from modules.flows import WN, ResidualCouplingBlock, TransformerCouplingBlock
 from vdecoder.hifigan.models import Generator as NsfHifiganGenerator
 from vdecoder.hifiganwithsnake.models import Generator as NsfSnakeHifiganGenerator
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.config import load_model_config
-from modules.errors import SvcError, run_cli
+from core.config import load_model_config
+from core.errors import SvcError, run_cli
 from onnxexport.descriptor import hubert_name
 from onnxexport.export import (DEFAULT_ENCODER_CHECKPOINT, PARITY_FRAMES, ExportOptions, export_encoder_file,
                                export_for_moevs)

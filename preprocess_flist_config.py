@@ -11,8 +11,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from modules.errors import run_cli
-from modules.filelists import build_configs, scan_dataset, split_dataset, write_configs, write_filelist
+from core.errors import run_cli
+from preprocess.filelists import build_configs, scan_dataset, split_dataset, write_configs, write_filelist
 from vencoder import ENCODERS
 
 

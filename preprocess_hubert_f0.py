@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modules.errors import run_cli
+from core.errors import run_cli
 
 if TYPE_CHECKING:
-    from modules.features import FeatureSettings
+    from preprocess.features import FeatureSettings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,11 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_settings(args: argparse.Namespace) -> "FeatureSettings":
     from loguru import logger
 
-    from modules.config import load_config, load_model_config
-    from modules.features import FeatureSettings
+    from core.config import load_config, load_model_config
+    from preprocess.features import FeatureSettings
 
     from f0_predictor import F0_PREDICTORS
-    from modules.errors import ConfigError
+    from core.errors import ConfigError
     from vencoder import encoder_dim
 
     config = load_model_config(args.config)
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from loguru import logger
 
-    from modules.errors import SvcError
-    from modules.features import run_batch
+    from core.errors import SvcError
+    from preprocess.features import run_batch
 
     if args.num_processes < 0:
         raise SvcError("--num_processes must be 0 (one per CPU core) or more")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.batch import default_workers
-from modules.dataprep import ResampleSettings, resample_dataset
-from modules.errors import SvcError, run_cli
+from preprocess.file_jobs import default_workers
+from preprocess.dataprep import ResampleSettings, resample_dataset
+from core.errors import SvcError, run_cli
 
 
 def parse_args() -> argparse.Namespace:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.batch import default_workers
-from modules.dataprep import SliceSettings, slice_dataset
-from modules.errors import SvcError, run_cli
-from modules.slicer import Slicer
+from preprocess.file_jobs import default_workers
+from preprocess.dataprep import SliceSettings, slice_dataset
+from core.errors import SvcError, run_cli
+from core.slicer import Slicer
 
 
 def parse_args() -> argparse.Namespace:

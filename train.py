@@ -35,9 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from modules.config import load_config
-    from modules.progress import route_logs_through_tqdm
-    from modules.training import RunOptions, launch, prepare_model_dir
+    from core.config import load_config
+    from core.progress import route_logs_through_tqdm
+    from training.loop import RunOptions, launch, prepare_model_dir
 
     route_logs_through_tqdm()
     hps = load_config(args.config)
@@ -49,6 +49,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from modules.errors import run_cli
+    from core.errors import run_cli
 
     run_cli(main)

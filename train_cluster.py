@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.errors import run_cli
+from core.errors import run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cluster import train_cluster_model
-    from modules.errors import SvcError
+    from core.errors import SvcError
 
     if args.n_clusters < 1:
         raise SvcError("--n_clusters must be at least 1")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from modules.config import load_config
-from modules.errors import run_cli
+from core.config import load_config
+from core.errors import run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     from diffusion.trainer import check_config, train  # after argument parsing: --help stays fast
-    from modules.progress import route_logs_through_tqdm
+    from core.progress import route_logs_through_tqdm
 
     route_logs_through_tqdm()
     config = load_config(args.config)

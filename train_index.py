@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.errors import run_cli
+from core.errors import run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import inference.svc as svc_module  # noqa: E402
 from inference.svc import ConversionOptions, Svc  # noqa: E402
-from modules.config import load_template, save_config  # noqa: E402
-from modules.errors import run_cli  # noqa: E402
+from core.config import load_template, save_config  # noqa: E402
+from core.errors import run_cli  # noqa: E402
 
 SR = 44100
 STAGES = ("encoder", "f0", "synthesis", "resample", "other")

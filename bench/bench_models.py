@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import SynthesizerTrn  # noqa: E402
-from modules.config import load_template  # noqa: E402
+from core.config import load_template  # noqa: E402
 
 
 def bench(template: str, seconds: float, device: str) -> None:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_train.py [--steps 4] [--configs default tiny]
 
 Each (config, loop) pair runs in its own process, so its peak RSS is its own. The data are 8 generated clips
-of 2–8 s (real datasets vary in length too). "ours" is `modules.training.train_step` with our length-bucketed
+of 2–8 s (real datasets vary in length too). "ours" is `training.loop.train_step` with our length-bucketed
 batches; "4.1-loop" re-enacts 4.1's step with the same generator: batches in a fixed random order without
 bucketing, the full-batch mel, the discriminator run separately on real and generated audio with 2-D period
 convs, and the generator pass through the discriminator with its weight gradients on. Data loading
@@ -39,8 +39,9 @@ def reference_step(state, batch, hps) -> None:
     """4.1's order of work for one step (spec §10.3), with the same generator and discriminator weights."""
     import torch
 
-    from modules import dsp, losses
-    from modules.training import grad_norm, slice_frames
+    from core import dsp
+    from modules import losses
+    from training.loop import grad_norm, slice_frames
 
     data, train = hps.data, hps.train
     hop, frames = data.hop_length, train.segment_size // data.hop_length
@@ -86,11 +87,11 @@ def run_child(config_name: str, loop: str, steps: int) -> dict:
     import torch
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-    from modules.dataset import collate
+    from training.dataset import collate
 
-    from modules.config import load_template
-    from modules.dataset import write_synthetic_dataset
-    from modules.training import Dist, RunOptions, build_generator, build_state, make_loaders, train_step
+    from core.config import load_template
+    from tests.synthetic import write_synthetic_dataset
+    from training.loop import Dist, RunOptions, build_generator, build_state, make_loaders, train_step
 
     with tempfile.TemporaryDirectory() as tmp:
         hps = load_template(TEMPLATES[config_name])

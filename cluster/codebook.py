@@ -14,8 +14,8 @@ from loguru import logger
 
 from cluster.dataset import load_speaker_features
 from cluster.kmeans import nearest_centre, sklearn_kmeans, torch_kmeans
-from modules.errors import SvcError
-from modules.fileio import safe_torch_load, torch_save
+from core.errors import SvcError
+from core.fileio import safe_torch_load, torch_save
 
 DEFAULT_CLUSTERS = 10000
 GPU_THREADS = 4  # what 4.1's GPU path records as _n_threads

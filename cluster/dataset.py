@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from modules.errors import SvcError
-from modules.feature_io import load_units
+from core.errors import SvcError
+from core.feature_io import load_units
 
 SOFT_SUFFIX = ".soft.pt"
 

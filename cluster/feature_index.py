@@ -20,9 +20,9 @@ import torch
 from loguru import logger
 
 from cluster.dataset import load_speaker_features
-from modules.config import load_config
-from modules.errors import ConfigError, SvcError, UnsafeFileError
-from modules.fileio import atomic_path
+from core.config import load_config
+from core.errors import ConfigError, SvcError, UnsafeFileError
+from core.fileio import atomic_path
 
 REDUCE_ABOVE = 200_000   # more rows than this are replaced by k-means centres before indexing
 REDUCED_ROWS = 10_000

@@ -2,7 +2,7 @@
 
 For a list entry `X.wav`: `X.wav.soft.pt` (units [1, D, T_enc]), `X.wav.f0.npy` (object array (f0, uv)),
 `X.wav.vol.npy`, `X.wav.mel.npy` ([T, M]), `X.wav.aug_mel.npy` (object array (mel, keyshift)),
-`X.wav.aug_vol.npy`. Every file is read through modules.feature_io, which never runs code from it. Units are
+`X.wav.aug_vol.npy`. Every file is read through core.feature_io, which never runs code from it. Units are
 stretched to the f0 length, then everything is cut to the shortest.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from loguru import logger
 from torch.utils.data import Dataset
 
-from modules.dsp import repeat_expand_2d
-from modules.errors import SvcError
-from modules.feature_io import load_array, load_aug_mel, load_f0, load_units
+from core.dsp import repeat_expand_2d
+from core.errors import SvcError
+from core.feature_io import load_array, load_aug_mel, load_f0, load_units
 
 
 @dataclass

@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 
 from diffusion.dataset import MelDataset, read_filelist
 from diffusion.unit2mel import Unit2Mel, build_model, state_dict_mismatches
-from modules.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
-from modules.config import HParams, save_config
-from modules.errors import ConfigError, SvcError
-from modules.fileio import safe_torch_load, torch_save
-from modules.progress import StepProgress
+from core.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
+from core.config import HParams, save_config
+from core.errors import ConfigError, SvcError
+from core.fileio import safe_torch_load, torch_save
+from core.progress import StepProgress
 
 AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pt$")

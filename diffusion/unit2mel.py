@@ -15,9 +15,9 @@ from torch import nn
 from diffusion import samplers
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.wavenet import WaveNet
-from modules.config import HParams, load_config
-from modules.errors import SvcError
-from modules.fileio import safe_torch_load
+from core.config import HParams, load_config
+from core.errors import SvcError
+from core.fileio import safe_torch_load
 
 
 @dataclass(frozen=True)

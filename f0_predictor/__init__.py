@@ -20,7 +20,7 @@ def get_f0_predictor(name: str, hop_length: int = 512, sampling_rate: int = 4410
                      threshold: float = 0.05, pretrain_dir: str | Path = "pretrain") -> F0Predictor:
     """Build the predictor `name`; neural ones load their weights once, here."""
     if name not in F0_PREDICTORS:
-        from modules.errors import ConfigError
+        from core.errors import ConfigError
         raise ConfigError(f"unknown f0 predictor '{name}'; choose one of: {', '.join(F0_PREDICTORS)}")
     module_name, class_name = F0_PREDICTORS[name]
     predictor_class = getattr(importlib.import_module(f"f0_predictor.{module_name}"), class_name)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.audio import resample
-from modules.errors import AudioError
+from core.audio import resample
+from core.errors import AudioError
 
 
 class F0Predictor(ABC):

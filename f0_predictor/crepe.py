@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from f0_predictor.base import F0Predictor, pick_device, resample_ceil, resize_nearest
-from modules.errors import MissingPretrainedError
+from core.errors import MissingPretrainedError
 
 CREPE_SR = 16000
 WINDOW = 1024

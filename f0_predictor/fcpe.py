@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from f0_predictor.base import F0Predictor, pick_device, resample_ceil, resize_nearest
-from modules.errors import ConfigError
-from modules.fileio import safe_torch_load
-from modules.pretrained import require_pretrained
+from core.errors import ConfigError
+from core.fileio import safe_torch_load
+from core.pretrained import require_pretrained
 
 HEADS = 8
 DIM_HEAD = 64

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from f0_predictor.base import F0Predictor, pick_device, resample_ceil, resize_nearest
-from modules.fileio import safe_torch_load
-from modules.pretrained import require_pretrained
+from core.fileio import safe_torch_load
+from core.pretrained import require_pretrained
 
 RMVPE_SR = 16000
 N_FFT = 1024

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from inference.svc import ENCODER_SR, ClipInputs, ConversionOptions, Svc
-from modules.audio import fit_length, resample
-from modules.dsp import repeat_expand_2d, volume
-from modules.errors import ConfigError, SvcError
+from core.audio import fit_length, resample
+from core.dsp import repeat_expand_2d, volume
+from core.errors import ConfigError, SvcError
 
 
 class DiffusionStage:

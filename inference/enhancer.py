@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.audio import fit_length, resample
+from core.audio import fit_length, resample
 from vdecoder.nsf_hifigan import NsfHifiGAN
 
 

@@ -21,11 +21,11 @@ from loguru import logger
 
 from inference.spkmix import Timeline, load_timeline
 from inference.speakers import speaker_id
-from modules.config import HParams, load_config, load_model_config
-from modules.errors import AudioError, ConfigError, SvcError
-from modules.filekind import describe_non_checkpoint
-from modules.fileio import NotACheckpointError
-from modules.pretrained import require_pretrained
+from core.config import HParams, load_config, load_model_config
+from core.errors import AudioError, ConfigError, SvcError
+from core.filekind import describe_non_checkpoint
+from core.fileio import NotACheckpointError
+from core.pretrained import require_pretrained
 
 DEFAULT_KMEANS = "logs/44k/kmeans_10000.pt"
 DEFAULT_INDEX = "logs/44k/feature_and_index.pkl"

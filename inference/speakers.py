@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from modules.errors import ConfigError
+from core.errors import ConfigError
 
 
 def speaker_id(spk2id: Mapping[str, int], speaker: str | int) -> int:

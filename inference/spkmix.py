@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from modules.errors import ConfigError
+from core.errors import ConfigError
 
 Timeline = dict[int, list[list[float]]]
 

@@ -24,12 +24,12 @@ from tqdm import tqdm
 from inference.loudness import mix_loudness
 from inference.speakers import speaker_id
 from inference.spkmix import Timeline, mix_weights
-from modules.audio import fit_length, resample
-from modules.config import load_model_config
-from modules.dsp import repeat_expand_2d, volume
-from modules.errors import ConfigError, SvcError
-from modules.fileio import safe_torch_load
-from modules.slicer import Segment, Slicer
+from core.audio import fit_length, resample
+from core.config import load_model_config
+from core.dsp import repeat_expand_2d, volume
+from core.errors import ConfigError, SvcError
+from core.fileio import safe_torch_load
+from core.slicer import Segment, Slicer
 
 ENCODER_SR = 16000
 DEFAULT_MAX_SLICE_SECONDS = 30.0  # longer slices are cut into crossfaded clips (see the module docstring)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from modules.attentions import FFT
-from modules.errors import SvcError
+from core.errors import SvcError
 
 
 class F0NormalizationError(SvcError):

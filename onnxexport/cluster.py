@@ -17,8 +17,8 @@ import numpy as np
 from loguru import logger
 
 from cluster import load_feature_index, load_kmeans
-from modules.errors import SvcError
-from modules.fileio import atomic_path
+from core.errors import SvcError
+from core.fileio import atomic_path
 from onnxexport.descriptor import Speakers
 
 NPY_HEADER_BYTES = 128

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from modules.errors import ConfigError, SvcError
-from modules.fileio import atomic_path
+from core.errors import ConfigError, SvcError
+from core.fileio import atomic_path
 
 # speech_encoder -> MoeVS encoder file name (without .onnx); all are ContentVec layer outputs.
 HUBERT_NAMES: dict[str, str] = {

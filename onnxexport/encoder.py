@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from modules.errors import SvcError
-from modules.fileio import atomic_path
+from core.errors import SvcError
+from core.fileio import atomic_path
 from onnxexport.graph import OPSET
 from onnxexport.parity import max_difference
 from vencoder.hubert import load_fairseq_hubert

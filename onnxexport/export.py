@@ -18,10 +18,10 @@ import torch
 from loguru import logger
 
 from models import SynthesizerTrn, load_generator_weights
-from modules.config import load_model_config
-from modules.errors import SvcError
-from modules.fileio import atomic_path, safe_torch_load
-from modules.pretrained import require_pretrained
+from core.config import load_model_config
+from core.errors import SvcError
+from core.fileio import atomic_path, safe_torch_load
+from core.pretrained import require_pretrained
 from onnxexport.cluster import prepare_index, prepare_kmeans, write_indexes, write_kmeans
 from onnxexport.descriptor import Speakers, build_descriptor, hubert_name, model_speakers, write_descriptor
 from onnxexport.encoder import check_encoder_parity, export_encoder, load_encoder, parse_encoder_name

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.dsp import f0_to_coarse
-from modules.fileio import atomic_path
+from core.dsp import f0_to_coarse
+from core.fileio import atomic_path
 from onnxexport.source import FrameRateSource
 
 OPSET = 16

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from loguru import logger
 
-from modules.errors import SvcError
+from core.errors import SvcError
 from onnxexport.source import SourceDraws, reference_sines
 
 UNIT_RATE = 50.0  # content units per second (16 kHz, hop 320)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from loguru import logger
 
-from modules.checkpoint import (checkpoint_step, latest_pair, load_weights, prune_checkpoints, read_checkpoint,
+from core.checkpoint import (checkpoint_step, latest_pair, load_weights, prune_checkpoints, read_checkpoint,
                                 save_checkpoint)
-from modules.errors import SvcError, UnsafeFileError
-from modules.training import build_generator, build_state, restore, save
+from core.errors import SvcError, UnsafeFileError
+from training.loop import build_generator, build_state, restore, save
 from tests.test_train import tiny_config
 
 
@@ -122,7 +122,7 @@ def test_githash_is_recorded_once(tmp_path):
     import subprocess
 
     from conftest import REPO
-    from modules.training import record_githash
+    from training.loop import record_githash
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     if not head:

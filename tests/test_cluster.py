@@ -10,7 +10,7 @@ import torch
 
 from cluster import fit_codebook, kmeans_mix, kmeans_predict, load_kmeans, save_kmeans, train_cluster_model
 from cluster.kmeans import TorchKMeansOptions, kmeans_plus_plus, torch_kmeans
-from modules.errors import SvcError, UnsafeFileError
+from core.errors import SvcError, UnsafeFileError
 from tests.conftest import run_script
 
 DIM = 8

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from modules.checkpoint import read_checkpoint
-from modules.config import save_config
-from modules.training import build_state, build_generator, save
+from core.checkpoint import read_checkpoint
+from core.config import save_config
+from training.loop import build_state, build_generator, save
 from tests.conftest import run_script
 from tests.test_train import tiny_config
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import SPEC
-from modules.config import HParams, load_config, load_model_config, load_template, save_config
-from modules.errors import ConfigError
+from core.config import HParams, load_config, load_model_config, load_template, save_config
+from core.errors import ConfigError
 
 # Spec §4.4, config_template.json (the tiny template differs only where TINY_MODEL says).
 TRAIN = {

@@ -6,11 +6,11 @@ import pytest
 import soundfile
 import torch
 
-from modules import dsp
-from modules.config import HParams
-from modules.dataset import (CROP_FRAMES, DataOptions, SpeakerDataset, collate, read_filelist, spec_path,
-                             write_synthetic_dataset)
-from modules.errors import SvcError
+from core import dsp
+from core.config import HParams
+from tests.synthetic import write_synthetic_dataset
+from training.dataset import CROP_FRAMES, DataOptions, SpeakerDataset, collate, read_filelist, spec_path
+from core.errors import SvcError
 
 
 def _options(**kw) -> DataOptions:

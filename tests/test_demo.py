@@ -6,7 +6,7 @@ import pytest
 import soundfile
 
 from conftest import REPO, run_script
-from modules.melody import buzz_of_file, compare_files
+from evaluation.melody import buzz_of_file, compare_files
 
 SR = 44100
 

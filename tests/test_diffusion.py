@@ -10,8 +10,8 @@ import torch
 
 from diffusion import METHODS, Unit2Mel, Unit2MelDims, load_model, samplers
 from diffusion.trainer import save_checkpoint
-from modules.config import load_template, save_config
-from modules.errors import SvcError
+from core.config import load_template, save_config
+from core.errors import SvcError
 from tests.conftest import SPEC
 
 TINY = dict(input_channel=8, n_layers=2, n_chans=16, n_hidden=16, timesteps=100)

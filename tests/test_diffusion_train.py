@@ -11,9 +11,9 @@ from loguru import logger
 from diffusion.dataset import MelDataset, load_clip
 from diffusion.trainer import latest_checkpoint, load_checkpoint, learning_rate, save_checkpoint, train, validation_loss
 from diffusion.unit2mel import Unit2Mel, Unit2MelDims, build_model
-from modules.config import load_config, load_template, save_config
-from modules.errors import SvcError
-from modules.fileio import np_save, torch_save
+from core.config import load_config, load_template, save_config
+from core.errors import SvcError
+from core.fileio import np_save, torch_save
 from tests.conftest import FIXTURES, run_script
 
 DIM = 8
@@ -167,7 +167,7 @@ def test_short_clips_skipped_and_all_short_refused(tmp_path):
         data = MelDataset(wavs, {"alice": 0, "bob": 1}, 2, "nearest", crop_frames=34)
     finally:
         logger.remove(sink)
-    assert len(data) == 2 and all("50" not in m for m in messages)
+    assert len(data) == 2 and all(" 50 frames" not in m for m in messages)
     assert sum("shorter than the 34-frame training crop" in m for m in messages) == 2
     with pytest.raises(SvcError, match="no training clip is at least 60 frames long; lower data.duration"):
         MelDataset(wavs, {"alice": 0, "bob": 1}, 2, "nearest", crop_frames=60)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from loguru import logger
 
-from modules.demo_assets import is_random_placeholder, resolve_demo_encoder
-from modules.download import (ChecksumError, DownloadError, download, extract_members, fetch_pretrained,
+from demo import is_random_placeholder, resolve_demo_encoder
+from core.download import (ChecksumError, DownloadError, download, extract_members, fetch_pretrained,
                               files_for, is_safe_member, mirror_url)
-from modules.errors import ConfigError, SvcError, UnsafeFileError
-from modules.pretrained import DirectDownload, direct_download
+from core.errors import ConfigError, SvcError, UnsafeFileError
+from core.pretrained import DirectDownload, direct_download
 from tests.conftest import ASSETS, SHARED, run_script
 from vencoder.whisper import load_audio_encoder
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules import dsp
+from core import dsp
 
 pytestmark = pytest.mark.shared
 

@@ -24,7 +24,7 @@ import torch
 from conftest import ASSETS, FIXTURES
 from f0_predictor import F0_PREDICTORS, get_f0_predictor
 from f0_predictor.base import interpolate_unvoiced, resample_ceil, resize_nearest, resize_skipping_unvoiced
-from modules.errors import ConfigError, MissingPretrainedError
+from core.errors import ConfigError, MissingPretrainedError
 
 RMVPE_DIR = FIXTURES / "rmvpe"
 FCPE_DIR = FIXTURES / "fcpe"
@@ -123,7 +123,7 @@ def test_pm_centres_the_track():
 
 
 def test_multichannel_input_is_refused():
-    from modules.errors import AudioError
+    from core.errors import AudioError
     with pytest.raises(AudioError, match="mono"):
         get_f0_predictor("pm").compute_f0_uv(np.zeros((2, 4096), np.float32))
     f0, _ = get_f0_predictor("pm").compute_f0_uv(np.zeros((1, 4096), np.float32))
@@ -313,7 +313,7 @@ def annotated_f0(times: np.ndarray) -> np.ndarray:
 
 def singing_accuracy(predictor, start: float, end: float) -> tuple[float, float]:
     """-> (share of frames voiced in both within 50 cents, share of annotated voiced frames found voiced)."""
-    from modules.audio import load_audio
+    from core.audio import load_audio
     wav, sr = load_audio(ASSETS / "audio/singing/vocadito_1.wav")
     f0, uv = predictor.compute_f0_uv(wav[int(start * sr):int(end * sr)])
     reference = annotated_f0(start + np.arange(len(f0)) * 512 / sr)

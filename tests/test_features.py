@@ -1,4 +1,4 @@
-"""Per-file features (modules/features.py) against 4.1's reference vectors, file formats and safe loading."""
+"""Per-file features (preprocess/features.py) against 4.1's reference vectors, file formats and safe loading."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,10 @@ import pytest
 import soundfile
 import torch
 
-from modules import dsp
-from modules.errors import AudioError, SvcError, UnsafeFileError
-from modules.feature_io import load_aug_mel, load_f0, load_object_npy
-from modules.features import (FeatureExtractor, FeatureSettings, augmentation_draws, feature_paths, file_seed,
+from core import dsp
+from core.errors import AudioError, SvcError, UnsafeFileError
+from core.feature_io import load_aug_mel, load_f0, load_object_npy
+from preprocess.features import (FeatureExtractor, FeatureSettings, augmentation_draws, feature_paths, file_seed,
                               missing_outputs, output_is_valid, process_file)
 from tests.conftest import FIXTURES, VECTORS
 

@@ -11,8 +11,8 @@ import soundfile
 import yaml
 
 from conftest import REPO, run_script
-from modules.config import load_template
-from modules.filelists import build_configs
+from core.config import load_template
+from preprocess.filelists import build_configs
 
 SR = 44100
 # encoder -> (ssl_dim = gin_channels = diffusion encoder_out_channels, filter_channels with the normal template)

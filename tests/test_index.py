@@ -13,7 +13,7 @@ import torch
 import cluster.feature_index as feature_index
 from cluster import (ivf_lists, load_feature_index, retrieval_mix, retrieve, save_feature_index,
                      train_feature_index)
-from modules.errors import SvcError, UnsafeFileError
+from core.errors import SvcError, UnsafeFileError
 from tests.conftest import run_script
 
 DIM = 8

@@ -33,7 +33,7 @@ def workdir(tmp_path_factory) -> Path:
     from cluster.codebook import save_kmeans
     from cluster.feature_index import save_feature_index, train_feature_index
     from models import SynthesizerTrn
-    from modules.config import load_template, save_config
+    from core.config import load_template, save_config
 
     root = tmp_path_factory.mktemp("svc")
     config = load_template("config_template.json")
@@ -68,7 +68,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def _diffusion_model(root: Path) -> None:
     from diffusion import build_model
-    from modules.config import load_template, save_config
+    from core.config import load_template, save_config
 
     config = load_template("diffusion_template.yaml")
     config.model.update({"n_layers": 2, "n_chans": 16, "n_hidden": 16, "timesteps": 100, "k_step_max": 0, "n_spk": 2})

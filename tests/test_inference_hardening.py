@@ -25,8 +25,8 @@ from conftest import FIXTURES, REPO, run_script
 from inference.naming import output_name
 from inference.preflight import check_auto_f0, model_facts
 from inference.svc import ConversionOptions, Svc, clip_plan
-from modules.errors import ConfigError, SvcError, UnsafeFileError
-from modules.fileio import NotACheckpointError, safe_torch_load
+from core.errors import ConfigError, SvcError, UnsafeFileError
+from core.fileio import NotACheckpointError, safe_torch_load
 
 pytestmark = pytest.mark.shared
 
@@ -49,7 +49,7 @@ def save_model(root: Path, config_name: str, model_name: str, use_f0_decoder: bo
                drop_f0_decoder: bool = False) -> None:
     """A tiny model's config and weights (as train.py saves them) under `root`."""
     from models import SynthesizerTrn
-    from modules.config import load_template, save_config
+    from core.config import load_template, save_config
 
     config = load_template("config_template.json")
     config.model.update(TINY_MODEL)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from modules.melody import compare_files, hop_buzz_db, melody_match
+from evaluation.melody import compare_files, hop_buzz_db, melody_match
 
 SR = 44100
 

@@ -12,12 +12,12 @@ import torch
 from models import (MultiPeriodDiscriminator, SynthesizerConfig, SynthesizerTrn, load_generator_weights)
 from modules.attentions import (MultiHeadAttention, absolute_to_band, absolute_to_relative, band_to_absolute,
                                 relative_to_absolute)
-from modules.config import load_template
-from modules.dsp import f0_to_coarse
-from modules.errors import SvcError
+from core.config import load_template
+from core.dsp import f0_to_coarse
+from core.errors import SvcError
 from modules.f0_decoder import F0NormalizationError, f0_to_lf0, lf0_to_f0, normalize_f0
-from modules.fileio import safe_torch_load, torch_save
-from modules.modules import WN, DepthwiseSeparableConv1d, ResidualCouplingBlock, TransformerCouplingBlock
+from core.fileio import safe_torch_load, torch_save
+from modules.flows import WN, DepthwiseSeparableConv1d, ResidualCouplingBlock, TransformerCouplingBlock
 from vdecoder.hifigan.models import SineGen
 from vdecoder.hifiganwithsnake.alias import SnakeAlias, kaiser_sinc_filter
 

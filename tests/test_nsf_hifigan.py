@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import ASSETS, FIXTURES
-from modules.audio import resample
-from modules.errors import ConfigError, MissingPretrainedError, SvcError
-from modules.fileio import torch_save
+from core.audio import resample
+from core.errors import ConfigError, MissingPretrainedError, SvcError
+from core.fileio import torch_save
 from vdecoder.nsf_hifigan import NSF_HIFIGAN_44K, MelExtractor, NsfHifiGAN, VocoderConfig
 from vdecoder.nsf_hifigan.models import fuse_weight_norm
 

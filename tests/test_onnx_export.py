@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from models import SynthesizerTrn
-from modules.checkpoint import save_checkpoint
-from modules.config import load_template, save_config
-from modules.errors import SvcError
+from core.checkpoint import save_checkpoint
+from core.config import load_template, save_config
+from core.errors import SvcError
 from onnxexport.descriptor import HUBERT_NAMES, Speakers, hubert_name, model_speakers
 from onnxexport.export import ExportOptions, export_for_moevs, load_model
 from onnxexport.parity import GraphShape, OnnxRunner, check_parity, moevs_inputs, reference_audio

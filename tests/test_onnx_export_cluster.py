@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cluster import save_feature_index, save_kmeans, train_feature_index
-from modules.errors import SvcError
+from core.errors import SvcError
 from onnxexport.cluster import export_index, export_kmeans, write_npy_fixed_header
 from onnxexport.descriptor import Speakers
 

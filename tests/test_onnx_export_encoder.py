@@ -7,7 +7,7 @@ import onnxruntime
 import pytest
 import torch
 
-from modules.errors import MissingPretrainedError, SvcError
+from core.errors import MissingPretrainedError, SvcError
 from onnxexport.encoder import parse_encoder_name
 from onnxexport.export import export_encoder_file
 from tests.conftest import FIXTURES, run_script

@@ -15,9 +15,9 @@ import pytest
 import soundfile
 import torch
 
-from modules.config import load_template
-from modules.feature_io import load_aug_mel, load_f0
-from modules.features import FeatureSettings, feature_paths, list_wavs, output_is_valid, run_batch
+from core.config import load_template
+from core.feature_io import load_aug_mel, load_f0
+from preprocess.features import FeatureSettings, feature_paths, list_wavs, output_is_valid, run_batch
 from tests.conftest import FIXTURES, REPO, VECTORS, run_script
 
 pytestmark = pytest.mark.shared
@@ -153,7 +153,7 @@ def test_missing_pretrained_is_one_clear_line(tmp_path):
 
 def test_bad_arguments(tmp_path, monkeypatch):
     import preprocess_hubert_f0
-    from modules.errors import SvcError
+    from core.errors import SvcError
 
     make_project(tmp_path, n_speakers=1, n_files=1)
     monkeypatch.chdir(tmp_path)

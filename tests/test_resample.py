@@ -12,7 +12,7 @@ import scipy.signal
 import soundfile
 
 from conftest import VECTORS, run_script
-from modules.audio import load_audio
+from core.audio import load_audio
 
 SR = 44100
 INPUTS = {"a": "in_resample_a_48k_stereo_pcm16.wav", "b": "in_resample_b_48k_stereo_float.wav"}

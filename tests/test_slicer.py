@@ -1,4 +1,4 @@
-"""modules/slicer.py against 4.1's cut points, and slice_audio.py run as a user would."""
+"""core/slicer.py against 4.1's cut points, and slice_audio.py run as a user would."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from conftest import VECTORS, run_script
-from modules.slicer import Segment, Slicer
+from core.slicer import Segment, Slicer
 
 SR = 44100
 

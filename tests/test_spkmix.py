@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from inference.spkmix import load_timeline, mix_weights, validate_timeline
-from modules.errors import ConfigError
+from core.errors import ConfigError
 
 SPEAKERS = {"alto": 0, "tenor": 1}
 

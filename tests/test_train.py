@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.config import HParams, load_template, save_config
-from modules.dataset import BucketSampler, write_synthetic_dataset
-from modules.training import RunOptions, TrainingStopped, _log_file, learning_rate_at, train
+from core.config import HParams, load_template, save_config
+from tests.synthetic import write_synthetic_dataset
+from training.dataset import BucketSampler
+from training.loop import RunOptions, TrainingStopped, _log_file, learning_rate_at, train
 from tests.conftest import REPO, run_script
 
 SPEAKERS = ("alice", "bob")

@@ -19,9 +19,9 @@ import torch
 from loguru import logger
 
 from diffusion.trainer import train as train_diffusion
-from modules.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
-from modules.config import save_config
-from modules.training import RunOptions, _log_file, train
+from core.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
+from core.config import save_config
+from training.loop import RunOptions, _log_file, train
 from tests import test_diffusion_train as diffusion_helpers
 from tests.conftest import REPO
 from tests.test_train import STEP_LINE, _free_port, _train_cmd, logged_steps, tiny_config, write_config
@@ -239,7 +239,7 @@ def test_terminal_shows_a_bar_and_log_lines_print_above_it():
     output = _run_on_terminal(
         "import time\n"
         "from loguru import logger\n"
-        "from modules.progress import StepProgress, route_logs_through_tqdm\n"
+        "from core.progress import StepProgress, route_logs_through_tqdm\n"
         "route_logs_through_tqdm()\n"
         "with StepProgress(6, 2, desc='training') as progress:\n"
         "    for i in range(4):\n"
@@ -256,7 +256,7 @@ def test_terminal_shows_a_bar_and_log_lines_print_above_it():
 
 def test_disabled_progress_shows_nothing(messages, monkeypatch):
     monkeypatch.setenv("SVC_PROGRESS_INTERVAL", "0")
-    from modules.progress import StepProgress
+    from core.progress import StepProgress
 
     with StepProgress(3, 0, desc="training", enabled=False) as progress:
         for _ in range(3):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modules.errors import MissingPretrainedError
+from core.errors import MissingPretrainedError
 from conftest import FIXTURES, SPEC
 from vencoder import get_speech_encoder
 from vencoder.hubert import (FAIRSEQ_RENAMES, TRAINING_ONLY_KEYS, CNHubertLarge, ContentVec256L9, ContentVec768L12,
@@ -91,7 +91,7 @@ def test_missing_file_names_file_and_source(tmp_path):
 def test_parse_conv_layers_never_evaluates_code():
     assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == (
         (512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2))
-    from modules.errors import ConfigError
+    from core.errors import ConfigError
     with pytest.raises(ConfigError):
         parse_conv_layers("__import__('os').system('true')")
 
@@ -260,7 +260,7 @@ def test_fairseq_dictionary_becomes_inert_stand_in(tmp_path, fake_fairseq):
 
 
 def test_short_audio_is_a_clear_error():
-    from modules.errors import AudioError
+    from core.errors import AudioError
     dims = fairseq_dims(TINY_LARGE_CFG, {})
     model = Wav2Vec2Model(dims).eval()
     with pytest.raises(AudioError, match="too short"):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from modules.errors import MissingPretrainedError, SvcError
+from core.errors import MissingPretrainedError, SvcError
 from vencoder import get_speech_encoder
 from vencoder.onnx_encoder import OnnxEncoder, execution_providers
 

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from modules.errors import SvcError, UnsafeFileError
+from core.errors import SvcError, UnsafeFileError
 from vencoder.hubert import ContentVec768L12
 from vencoder.safe_pickle import FAIRSEQ_STAND_INS, Namespace, OmegaConfDict, load_checkpoint, to_plain
 

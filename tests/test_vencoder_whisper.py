@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ASSETS, FIXTURES
-from modules.audio import load_audio
-from modules.errors import MissingPretrainedError, SvcError
-from modules.fileio import torch_save
+from core.audio import load_audio
+from core.errors import MissingPretrainedError, SvcError
+from core.fileio import torch_save
 from vencoder import get_speech_encoder
 from vencoder.whisper import WhisperPPG, load_audio_encoder, log_mel_spectrogram, sinusoids, window_starts
 

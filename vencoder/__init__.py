@@ -59,5 +59,5 @@ def _spec(name: str) -> EncoderSpec:
     try:
         return ENCODERS[name]
     except KeyError:
-        from modules.errors import ConfigError
+        from core.errors import ConfigError
         raise ConfigError(f"unknown speech encoder '{name}'; choose one of: {', '.join(ENCODERS)}") from None

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from modules.errors import ConfigError
-from modules.pretrained import require_pretrained
+from core.errors import ConfigError
+from core.pretrained import require_pretrained
 from vencoder.encoder import SpeechEncoder
 from vencoder.safe_pickle import load_checkpoint
 from vencoder.wav2vec2 import LayerDims, Wav2Vec2Dims, Wav2Vec2Model, build_model, rename_keys

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from modules.errors import ConfigError
-from modules.pretrained import require_pretrained
+from core.errors import ConfigError
+from core.pretrained import require_pretrained
 from vencoder.encoder import SpeechEncoder
 from vencoder.safe_pickle import FAIRSEQ_STAND_INS, Namespace, load_checkpoint, to_plain
 from vencoder.wav2vec2 import (LayerDims, Wav2Vec2Dims, Wav2Vec2Model, build_model, extractor_norm,

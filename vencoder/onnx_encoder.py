@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from modules.errors import SvcError
-from modules.pretrained import require_pretrained
+from core.errors import SvcError
+from core.pretrained import require_pretrained
 from vencoder.encoder import SpeechEncoder
 
 

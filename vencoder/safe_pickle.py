@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from modules.errors import SvcError, UnsafeFileError
+from core.errors import SvcError, UnsafeFileError
 
 
 class InertObject:

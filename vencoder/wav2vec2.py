@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.errors import AudioError, ConfigError
+from core.errors import AudioError, ConfigError
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from loguru import logger
 from torch import nn
 
-from modules.dsp import hann_window, mel_filterbank
-from modules.errors import SvcError
-from modules.fileio import safe_torch_load
-from modules.pretrained import require_pretrained
+from core.dsp import hann_window, mel_filterbank
+from core.errors import SvcError
+from core.fileio import safe_torch_load
+from core.pretrained import require_pretrained
 from vencoder.encoder import SpeechEncoder
 
 SAMPLE_RATE = 16000

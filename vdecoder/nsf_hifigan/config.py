@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from modules.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

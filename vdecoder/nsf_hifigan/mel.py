@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modules.audio import resample
-from modules.dsp import hann_window, mel_filterbank
+from core.audio import resample
+from core.dsp import hann_window, mel_filterbank
 from vdecoder.nsf_hifigan.config import NSF_HIFIGAN_44K, VocoderConfig
 
 LOG_FLOOR = 1e-5

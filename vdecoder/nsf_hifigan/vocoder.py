@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from modules.errors import ConfigError, SvcError
-from modules.fileio import safe_torch_load
-from modules.pretrained import require_pretrained
+from core.errors import ConfigError, SvcError
+from core.fileio import safe_torch_load
+from core.pretrained import require_pretrained
 from vdecoder.nsf_hifigan.config import VocoderConfig
 from vdecoder.nsf_hifigan.mel import MelExtractor
 from vdecoder.nsf_hifigan.models import Generator, fuse_weight_norm

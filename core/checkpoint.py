@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import torch
 from loguru import logger
 
-from modules.errors import SvcError
-from modules.fileio import safe_torch_load, torch_save
+from core.errors import SvcError
+from core.fileio import safe_torch_load, torch_save
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^(?P<kind>[GD])_(?P<step>\d+)\.pth$")

@@ -15,7 +15,7 @@ import soundfile
 from loguru import logger
 from tqdm import tqdm
 
-from modules.errors import SvcError
+from core.errors import SvcError
 
 # Extensions of the formats libsndfile reads (mp3 only where the bundled libsndfile supports it).
 _EXTENSIONS = {

@@ -12,8 +12,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from modules.errors import AudioError
-from modules.fileio import atomic_path
+from core.errors import AudioError
+from core.fileio import atomic_path
 
 
 def load_audio(path: str | os.PathLike, sr: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:

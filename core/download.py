@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 from loguru import logger
 from tqdm import tqdm
 
-from modules.errors import ConfigError, SvcError, UnsafeFileError
-from modules.fileio import atomic_path
-from modules.pretrained import DOWNLOADS, SOURCES, DirectDownload, direct_download
+from core.errors import ConfigError, SvcError, UnsafeFileError
+from core.fileio import atomic_path
+from core.pretrained import DOWNLOADS, SOURCES, DirectDownload, direct_download
 from vencoder import ENCODERS
 
 MIRROR_ENV = "SVC_DOWNLOAD_MIRROR"  # environment variable download_pretrained.py reads for --base_url

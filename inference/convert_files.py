@@ -11,7 +11,7 @@ from loguru import logger
 
 from inference.naming import claim_result_path, output_name
 from inference.preflight import InputFile, Job, check_before_loading, cluster_path
-from modules.audio import load_audio, write_audio
+from core.audio import load_audio, write_audio
 
 if TYPE_CHECKING:
     from inference.svc import ConversionOptions, Svc

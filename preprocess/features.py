@@ -13,7 +13,7 @@ Files written next to `X.wav` (4.1's names and containers, so 4.1's loaders read
 | `X.wav.aug_vol.npy` | float32 `[T]` volume of the volume-scaled audio (use_diff) |
 
 T = N // hop for N samples. Augmentation draws come from a generator seeded per file, so a re-run
-writes the same values. Every file is read back through modules.feature_io, which never runs code from
+writes the same values. Every file is read back through core.feature_io, which never runs code from
 it; the skip-check warns about an existing file it refuses before writing it again.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from loguru import logger
 
-from modules import dsp
-from modules.audio import load_audio, resample
-from modules.errors import AudioError, SvcError
-from modules.feature_io import FeatureFileError, read_feature
-from modules.fileio import np_save, torch_save
+from core import dsp
+from core.audio import load_audio, resample
+from core.errors import AudioError, SvcError
+from core.feature_io import FeatureFileError, read_feature
+from core.fileio import np_save, torch_save
 
 ENCODER_SR = 16000
 SILENCE_PEAK = 1e-5          # below one 16-bit step: the file holds no signal
@@ -96,7 +96,7 @@ def output_problem(kind: str, path: Path) -> str | None:
 
 
 def output_is_valid(kind: str, path: Path) -> bool:
-    """True if `path` exists and loads as output `kind` through the safe readers of modules.feature_io."""
+    """True if `path` exists and loads as output `kind` through the safe readers of core.feature_io."""
     return Path(path).is_file() and output_problem(kind, Path(path)) is None
 
 

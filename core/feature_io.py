@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from modules.errors import SvcError, UnsafeFileError
+from core.errors import SvcError, UnsafeFileError
 
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_PROTO = b"\x80"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modules.audio import load_audio
+from core.audio import load_audio
 
 CENTS_PER_OCTAVE = 1200.0
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from modules.errors import SvcError, UnsafeFileError
-from modules.filekind import describe_non_checkpoint
+from core.errors import SvcError, UnsafeFileError
+from core.filekind import describe_non_checkpoint
 
 if TYPE_CHECKING:
     import torch

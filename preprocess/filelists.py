@@ -13,9 +13,9 @@ from pathlib import Path
 
 import soundfile
 
-from modules.config import HParams, load_template, save_config
-from modules.errors import SvcError
-from modules.fileio import atomic_path
+from core.config import HParams, load_template, save_config
+from core.errors import SvcError
+from core.fileio import atomic_path
 from vencoder import encoder_dim
 
 MIN_SECONDS = 0.3                      # 4.1 leaves shorter files out

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from modules.errors import MissingPretrainedError
+from core.errors import MissingPretrainedError
 
 # file name under pretrain/ -> where users get it
 SOURCES = {

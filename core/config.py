@@ -12,8 +12,8 @@ from typing import Any, Iterator, Mapping, MutableMapping
 
 import yaml
 
-from modules.errors import ConfigError
-from modules.fileio import atomic_path
+from core.errors import ConfigError
+from core.fileio import atomic_path
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "configs_template"
 

@@ -18,12 +18,12 @@ import numpy as np
 import pyloudnorm
 import soundfile
 
-from modules.audio import fit_length, load_audio, resample, write_audio
-from modules.batch import (Job, Outcome, Report, audio_extensions, drop_collisions, is_up_to_date, run_jobs,
+from core.audio import fit_length, load_audio, resample, write_audio
+from preprocess.file_jobs import (Job, Outcome, Report, audio_extensions, drop_collisions, is_up_to_date, run_jobs,
                            speaker_files)
-from modules.errors import AudioError
-from modules.fileio import atomic_path
-from modules.slicer import Slicer
+from core.errors import AudioError
+from core.fileio import atomic_path
+from core.slicer import Slicer
 
 TRIM_TOP_DB = 40          # 4.1: librosa.effects.trim(top_db=40)
 PEAK_GUARD = 0.98         # 4.1: a peak above 1.0 is scaled down to this

@@ -24,14 +24,15 @@ from loguru import logger
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from modules import dsp, losses
-from modules.checkpoint import (latest_pair, load_weights, optimizer_fits, prune_checkpoints, read_checkpoint,
+from core import dsp
+from modules import losses
+from core.checkpoint import (latest_pair, load_weights, optimizer_fits, prune_checkpoints, read_checkpoint,
                                 remove_stale_temp_files, save_checkpoint)
-from modules.config import HParams, save_config
-from modules.dataset import Batch, BucketSampler, DataOptions, SpeakerDataset, collate
+from core.config import HParams, save_config
+from training.dataset import Batch, BucketSampler, DataOptions, SpeakerDataset, collate
 from modules.discriminator import MultiPeriodDiscriminator
-from modules.errors import SvcError
-from modules.progress import StepProgress, route_logs_through_tqdm
+from core.errors import SvcError
+from core.progress import StepProgress, route_logs_through_tqdm
 
 EXIT_INTERRUPTED = 130
 
