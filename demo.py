@@ -24,6 +24,7 @@ from core.download import MIRROR_ENV, ChecksumError, DownloadError, download, mi
 from core.errors import SvcError, run_cli
 from core.fileio import atomic_path, torch_save
 from core.pretrained import DirectDownload, direct_download
+from core.registry import ENCODER_RECORDS
 
 REPO = Path(__file__).resolve().parent
 SAMPLES = REPO / "samples" / "dataset_raw"
@@ -236,9 +237,7 @@ def resolve_demo_encoder(pretrain_dir: str | os.PathLike, shared_dir: str | os.P
     `base_url` is a download mirror (default: $SVC_DOWNLOAD_MIRROR); `remote` replaces the table's URL and
     sha256 (tests); `timeout` keeps the attempt short when there is no network.
     """
-    from vencoder import ENCODERS
-
-    target = Path(pretrain_dir) / ENCODERS[DEMO_ENCODER].file
+    target = Path(pretrain_dir) / ENCODER_RECORDS[DEMO_ENCODER].file
     placeholder = target.is_file() and is_random_placeholder(target)
     if target.is_file() and not placeholder:
         return DEMO_ENCODER, target, f"{target} (already present)"

@@ -14,7 +14,7 @@ sample-exact; the global RNG is left untouched (4.1 reseeded it, and on `cuda:0`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -24,8 +24,8 @@ from loguru import logger
 from modules.attentions import Encoder as TransformerEncoder
 from modules.commons import rand_slice_segments_with_pitch, randn_like, sequence_mask
 from modules.discriminator import MultiPeriodDiscriminator
+from core.checkpoint import LoadReport, load_weights, state_dict_of
 from core.dsp import f0_to_coarse
-from core.errors import SvcError
 from modules.f0_decoder import F0Decoder, f0_to_lf0, lf0_to_f0, normalize_f0
 from modules.flows import WN, ResidualCouplingBlock, TransformerCouplingBlock
 from vdecoder.hifigan.models import Generator as NsfHifiganGenerator
@@ -293,16 +293,6 @@ class SynthesizerTrn(nn.Module):
         self.flow.remove_weight_norm()
 
 
-@dataclass
-class LoadReport:
-    """What `load_generator_weights` found: keys missing from / unknown to the checkpoint, shape clashes."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    skipped_prefixes: list[str] = field(default_factory=list)
-
-
 def load_generator_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
                            optional_prefixes: Sequence[str] = ("enc_q.",),
                            reinit_mismatched: Sequence[str] = ()) -> LoadReport:
@@ -314,38 +304,5 @@ def load_generator_weights(model: nn.Module, state_dict: Mapping[str, torch.Tens
     Anything else missing, unexpected or shape-mismatched raises SvcError naming the keys. fp16 tensors
     are converted to the model's dtype.
     """
-    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]
-    expected = model.state_dict()
-    report = LoadReport(
-        missing=[k for k in expected if k not in state_dict],
-        unexpected=[k for k in state_dict if k not in expected],
-        mismatched=[(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state_dict.items()
-                    if k in expected and tuple(v.shape) != tuple(expected[k].shape)])
-    report.skipped_prefixes = [p for p in optional_prefixes if any(k.startswith(p) for k in expected)
-                               and not any(k.startswith(p) for k in state_dict)]
-    missing = [k for k in report.missing if not k.startswith(tuple(report.skipped_prefixes))]
-    mismatched = [m for m in report.mismatched if not m[0].startswith(tuple(reinit_mismatched))]
-    if missing or report.unexpected or mismatched:
-        raise SvcError(_describe_load_problems(missing, report.unexpected, mismatched))
-    skip = {m[0] for m in report.mismatched}
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in skip}, strict=False)
-    for key, got, want in report.mismatched:
-        logger.warning(f"{key}: checkpoint shape {got} != model shape {want}; keeping the model's initial values")
-    return report
-
-
-def _describe_load_problems(missing: list[str], unexpected: list[str],
-                            mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
-    def listing(items: list[str]) -> str:
-        shown = ", ".join(items[:8])
-        return shown + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-
-    lines = ["the checkpoint does not fit this model config (is it the config.json that belongs to the model?)"]
-    if missing:
-        lines.append(f"missing keys: {listing(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys: {listing(unexpected)}")
-    if mismatched:
-        lines.append("shape mismatches: " + listing([f"{k} checkpoint {g} vs model {w}" for k, g, w in mismatched]))
-    return "\n".join(lines)
+    return load_weights(model, state_dict_of(state_dict), allow_missing=tuple(optional_prefixes),
+                        reinit_mismatched=tuple(reinit_mismatched), describe=LoadReport.listing)

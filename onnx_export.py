@@ -11,10 +11,6 @@ from pathlib import Path
 from core.config import load_model_config
 from core.errors import SvcError, run_cli
 from onnxexport.descriptor import hubert_name
-from onnxexport.export import (DEFAULT_ENCODER_CHECKPOINT, PARITY_FRAMES, ExportOptions, export_encoder_file,
-                               export_for_moevs)
-from onnxexport.graph import OPSET
-from onnxexport.parity import TOLERANCE
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,17 +37,31 @@ def parse_args() -> argparse.Namespace:
                         help="also export the content encoder to OUTPUT_DIR/hubert/<Hubert>.onnx")
     parser.add_argument("--encoder_only", action="store_true",
                         help="only export the content encoder (name from --hubert or the config)")
-    parser.add_argument("--encoder_checkpoint", type=Path, default=DEFAULT_ENCODER_CHECKPOINT,
-                        help="ContentVec checkpoint for the encoder export")
-    parser.add_argument("--parity_frames", type=int, nargs="+", default=list(PARITY_FRAMES),
-                        help="frame counts the parity check runs at")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest allowed parity difference")
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
+    parser.add_argument("--encoder_checkpoint", type=Path, help="ContentVec checkpoint for the encoder export")
+    parser.add_argument("--parity_frames", type=int, nargs="+", help="frame counts the parity check runs at")
+    parser.add_argument("--tolerance", type=float, help="largest allowed parity difference")
+    parser.add_argument("--opset", type=int, help="ONNX opset")
     return parser.parse_args()
+
+
+def fill_export_defaults(args: argparse.Namespace) -> None:
+    """The defaults that live beside the torch export code, read only once --help is out of the way."""
+    from onnxexport.export import DEFAULT_ENCODER_CHECKPOINT, PARITY_FRAMES
+    from onnxexport.graph import OPSET
+    from onnxexport.parity import TOLERANCE
+
+    defaults = {"encoder_checkpoint": DEFAULT_ENCODER_CHECKPOINT, "parity_frames": list(PARITY_FRAMES),
+                "tolerance": TOLERANCE, "opset": OPSET}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def main() -> None:
     args = parse_args()
+    fill_export_defaults(args)
+    from onnxexport.export import ExportOptions, export_encoder_file, export_for_moevs
+
     project = Path("checkpoints") / args.model_name
     config_path = args.config_path or project / "config.json"
     if args.encoder_only:

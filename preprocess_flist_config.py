@@ -13,7 +13,7 @@ from loguru import logger
 
 from core.errors import run_cli
 from preprocess.filelists import build_configs, scan_dataset, split_dataset, write_configs, write_filelist
-from vencoder import ENCODERS
+from core.registry import ENCODER_RECORDS
 
 
 def parse_args() -> argparse.Namespace:
@@ -22,7 +22,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--val_list", type=str, default="./filelists/val.txt", help="output validation list")
     parser.add_argument("--source_dir", type=str, default="./dataset/44k",
                         help="dataset folder, one sub-folder per speaker")
-    parser.add_argument("--speech_encoder", type=str, default="vec768l12", choices=list(ENCODERS),
+    parser.add_argument("--speech_encoder", type=str, default="vec768l12", choices=list(ENCODER_RECORDS),
                         help="speech encoder written into both configs (sets ssl_dim and related widths)")
     parser.add_argument("--vol_aug", action="store_true", help="volume augmentation and volume embedding")
     parser.add_argument("--tiny", action="store_true", help="tiny model template (filter_channels 512)")

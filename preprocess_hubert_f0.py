@@ -44,14 +44,11 @@ def build_settings(args: argparse.Namespace) -> "FeatureSettings":
     from core.config import load_config, load_model_config
     from preprocess.features import FeatureSettings
 
-    from f0_predictor import F0_PREDICTORS
-    from core.errors import ConfigError
-    from vencoder import encoder_dim
+    from core.registry import encoder_record, f0_predictor_record
 
     config = load_model_config(args.config)
-    encoder_dim(config.model.speech_encoder)  # unknown names fail here, before any worker starts
-    if args.f0_predictor not in F0_PREDICTORS:
-        raise ConfigError(f"unknown f0 predictor '{args.f0_predictor}'; choose one of: {', '.join(F0_PREDICTORS)}")
+    encoder_record(config.model.speech_encoder)  # unknown names fail here, before any worker starts
+    f0_predictor_record(args.f0_predictor)
     vocoder_config = None
     if args.use_diff:
         ckpt = load_config(args.diff_config).get("vocoder", {}).get("ckpt")

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from core.errors import ConfigError, SvcError, UnsafeFileError
 from core.fileio import atomic_path
-from core.pretrained import DOWNLOADS, SOURCES, DirectDownload, direct_download
-from vencoder import ENCODERS
+from core.pretrained import DOWNLOADS, OTHER_PRETRAINED, SOURCES, DirectDownload, direct_download
+from core.registry import ENCODER_RECORDS, F0_PREDICTOR_RECORDS
 
 MIRROR_ENV = "SVC_DOWNLOAD_MIRROR"  # environment variable download_pretrained.py reads for --base_url
 CHUNK = 1 << 20
@@ -33,9 +33,8 @@ USER_AGENT = "so-vits-svc-compatible-downloader"
 
 # download_pretrained.py names beyond the speech encoders: name -> files under the pretrain folder
 EXTRA_NAMES: dict[str, tuple[str, ...]] = {
-    "rmvpe": ("rmvpe.pt",),
-    "fcpe": ("fcpe.pt",),
-    "nsf_hifigan": ("nsf_hifigan/model", "nsf_hifigan/config.json"),
+    **{name: (record.file,) for name, record in F0_PREDICTOR_RECORDS.items() if record.file},
+    **{name: other.files for name, other in OTHER_PRETRAINED.items()},
 }
 ALL_AVAILABLE = "all-available"
 
@@ -189,15 +188,15 @@ def _find_member(infos: list[zipfile.ZipInfo], member: str, zip_path: Path) -> z
 
 def pretrained_names() -> list[str]:
     """Every NAME download_pretrained.py accepts."""
-    return [*ENCODERS, *EXTRA_NAMES, ALL_AVAILABLE]
+    return [*ENCODER_RECORDS, *EXTRA_NAMES, ALL_AVAILABLE]
 
 
 def files_for(name: str) -> tuple[str, ...]:
     """Files under the pretrain folder that `name` needs (an encoder name, rmvpe, fcpe, nsf_hifigan)."""
     if name == ALL_AVAILABLE:
         return tuple(file for entry in DOWNLOADS for file in entry.files)
-    if name in ENCODERS:
-        return (ENCODERS[name].file,)
+    if name in ENCODER_RECORDS:
+        return (ENCODER_RECORDS[name].file,)
     if name in EXTRA_NAMES:
         return EXTRA_NAMES[name]
     raise ConfigError(f"unknown name '{name}'; choose from: {', '.join(pretrained_names())}")

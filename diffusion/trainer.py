@@ -1,4 +1,5 @@
-"""Diffusion training loop (train_diff.py, spec §11.4) and its checkpoints `model_<step>.pt` (§4.10).
+"""Diffusion training loop (train_diff.py, spec §11.4); its checkpoints `model_<step>.pt` (§4.10) are written,
+found, loaded and pruned by core.checkpoint.
 
 One loop: resume from the highest checkpoint under expdir, step with AdamW at lr·γ^(step // decay_step),
 log every interval_log, and every interval_val save (atomically), prune and validate. With `max_steps` it stops
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,15 +17,14 @@ from loguru import logger
 from torch.utils.data import DataLoader
 
 from diffusion.dataset import MelDataset, read_filelist
-from diffusion.unit2mel import Unit2Mel, build_model, state_dict_mismatches
-from core.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
+from diffusion.unit2mel import Unit2Mel, build_model
+from core.checkpoint import (DIFFUSION_CHECKPOINT_NAME, latest_diffusion_checkpoint, load_diffusion_checkpoint,
+                             prune_diffusion_checkpoints, remove_stale_temp_files, save_diffusion_checkpoint)
 from core.config import HParams, save_config
 from core.errors import ConfigError, SvcError
-from core.fileio import safe_torch_load, torch_save
 from core.progress import StepProgress
 
 AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHECKPOINT_RE = re.compile(r"^model_(\d+)\.pt$")
 
 
 REQUIRED_KEYS = ("data.sampling_rate", "data.block_size", "data.duration", "data.encoder_out_channels",
@@ -58,47 +57,6 @@ def resolve_device(name: str | None, gpu_id: int | None = 0) -> torch.device:
 def learning_rate(step: int, lr: float, decay_step: int, gamma: float) -> float:
     """Step decay as a pure function of the step, so a resumed run continues on the same schedule."""
     return lr * gamma ** (step // max(int(decay_step), 1))
-
-
-def latest_checkpoint(expdir: str | Path) -> tuple[Path, int] | None:
-    """The `model_<n>.pt` with the largest n anywhere under expdir."""
-    found = [(int(m.group(1)), p) for p in Path(expdir).rglob("model_*.pt") if (m := CHECKPOINT_RE.match(p.name))]
-    if not found:
-        return None
-    step, path = max(found, key=lambda item: item[0])
-    return path, step
-
-
-def save_checkpoint(path: str | Path, model: Unit2Mel, step: int,
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """4.1 layout: {'global_step', 'model'[, 'optimizer']}, written atomically."""
-    checkpoint: dict[str, Any] = {"global_step": step, "model": model.state_dict()}
-    if optimizer is not None:
-        checkpoint["optimizer"] = optimizer.state_dict()
-    torch_save(checkpoint, path)
-
-
-def load_checkpoint(path: str | Path, model: Unit2Mel, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Load weights non-strictly (mismatched tensors keep their fresh values and are reported);
-    load the optimizer when the checkpoint has one. Returns the checkpoint's global_step.
-
-    The training loop counts from the step in the file name instead, so a base model renamed to
-    `model_0.pt` starts a fresh schedule whatever step it stores."""
-    checkpoint = safe_torch_load(path, map_location="cpu")
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise SvcError(f"{path} is not a diffusion checkpoint (no 'model' state dict)")
-    state = checkpoint["model"]
-    problems = state_dict_mismatches(model, state)
-    for problem in problems:
-        logger.warning(f"{Path(path).name}: {problem} (kept freshly initialised)")
-    own = model.state_dict()
-    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
-    if optimizer is not None:
-        if checkpoint.get("optimizer") is not None and not problems:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        else:
-            logger.info(f"{Path(path).name} has no usable optimizer state; the optimizer starts fresh")
-    return int(checkpoint.get("global_step", 0))
 
 
 @contextlib.contextmanager
@@ -210,12 +168,9 @@ class _Saver:
 
     def save(self, model: Unit2Mel, optimizer: torch.optim.Optimizer, step: int) -> None:
         path = self.expdir / f"model_{step}.pt"
-        save_checkpoint(path, model, step, optimizer if self.save_opt else None)
+        save_diffusion_checkpoint(path, model, step, optimizer if self.save_opt else None)
         logger.info(f"saved {path}")
-        previous = step - self.interval_val
-        old = self.expdir / f"model_{previous}.pt"
-        if previous > 0 and (self.force <= 0 or previous % self.force != 0) and old.is_file():
-            old.unlink()
+        prune_diffusion_checkpoints(self.expdir, step, self.interval_val, self.force)
 
 
 def train(config: HParams, max_steps: int | None = None,
@@ -234,7 +189,7 @@ def train(config: HParams, max_steps: int | None = None,
     expdir.mkdir(parents=True, exist_ok=True)
     save_config(config, expdir / "config.yaml")
     remove_stale_temp_files(expdir, DIFFUSION_CHECKPOINT_NAME)
-    found = latest_checkpoint(expdir)
+    found = latest_diffusion_checkpoint(expdir)
     done = found[1] if found is not None else 0
     if max_steps is not None and done >= max_steps:
         logger.info(f"already at step {done} (--max_steps {max_steps}); nothing to train")
@@ -247,7 +202,7 @@ def train(config: HParams, max_steps: int | None = None,
     step = 0
     if found is not None:
         path, step = found
-        load_checkpoint(path, model, optimizer)
+        load_diffusion_checkpoint(path, model, optimizer)
         logger.info(f"resumed from {path} at step {step}")
     model.to(device).train()
 

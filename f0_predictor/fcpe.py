@@ -7,14 +7,12 @@ that package is installed; torchfcpe itself is never imported (it imports torcha
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import librosa
-from loguru import logger
 import numpy as np
 import torch
 from torch import nn
@@ -22,7 +20,8 @@ from torch import nn
 from f0_predictor.base import F0Predictor, pick_device, resample_ceil, resize_nearest
 from core.errors import ConfigError
 from core.fileio import safe_torch_load
-from core.pretrained import require_pretrained
+from core.registry import F0_PREDICTOR_RECORDS, packaged_file
+from f0_predictor.weights import pretrained_weights
 
 HEADS = 8
 DIM_HEAD = 64
@@ -255,21 +254,12 @@ def salience_to_f0(salience: torch.Tensor, cent_table: torch.Tensor, threshold: 
 
 def torchfcpe_weights_path() -> Path | None:
     """`assets/fcpe_c_v001.pt` inside an installed torchfcpe package (found without importing it)."""
-    spec = importlib.util.find_spec("torchfcpe")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "assets" / "fcpe_c_v001.pt"
-        if path.is_file():
-            return path
-    return None
+    return packaged_file(F0_PREDICTOR_RECORDS["fcpe"].packaged)
 
 
 def fcpe_weights_path(pretrain_dir: Path) -> Path:
     """pretrain/fcpe.pt; without it torchfcpe's bundled checkpoint; without both, the usual clear error."""
-    path = pretrain_dir / "fcpe.pt"
-    if not path.is_file() and (bundled := torchfcpe_weights_path()) is not None:
-        logger.info(f"{path} not found: using the FCPE checkpoint bundled with torchfcpe ({bundled})")
-        return bundled
-    return require_pretrained(path, "f0 predictor fcpe")
+    return pretrained_weights(F0_PREDICTOR_RECORDS["fcpe"], pretrain_dir, find_packaged=torchfcpe_weights_path)
 
 
 def load_fcpe(path: Path, device: torch.device) -> tuple[FCPE, MelConfig]:

@@ -14,6 +14,7 @@ from torch import nn
 from f0_predictor.base import F0Predictor, pick_device, resample_ceil, resize_nearest
 from core.fileio import safe_torch_load
 from core.pretrained import require_pretrained
+from core.registry import F0_PREDICTOR_RECORDS
 
 RMVPE_SR = 16000
 N_FFT = 1024
@@ -241,7 +242,7 @@ class RMVPEF0Predictor(F0Predictor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.torch_device = pick_device(self.device)
-        self.model = load_rmvpe(self.pretrain_dir / "rmvpe.pt", self.torch_device)
+        self.model = load_rmvpe(self.pretrain_dir / F0_PREDICTOR_RECORDS["rmvpe"].file, self.torch_device)
         self.mel = RMVPEMel().to(self.torch_device)
 
     @torch.inference_mode()

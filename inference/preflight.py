@@ -13,7 +13,6 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile
@@ -25,7 +24,9 @@ from core.config import HParams, load_config, load_model_config
 from core.errors import AudioError, ConfigError, SvcError
 from core.filekind import describe_non_checkpoint
 from core.fileio import NotACheckpointError
-from core.pretrained import require_pretrained
+from core.pretrained import OTHER_PRETRAINED, require_pretrained
+from core.registry import encoder_record, f0_predictor_record
+from f0_predictor.weights import pretrained_weights
 
 DEFAULT_KMEANS = "logs/44k/kmeans_10000.pt"
 DEFAULT_INDEX = "logs/44k/feature_and_index.pkl"
@@ -212,15 +213,13 @@ def cluster_path(args: argparse.Namespace) -> str | None:
 
 def check_pretrained_files(args: argparse.Namespace, facts: ModelFacts) -> None:
     """The speech encoder's, the f0 predictor's, the enhancer's and the vocoder's weights, and -cm."""
-    from vencoder import ENCODERS, encoder_dim
-
     pretrain = Path(args.pretrain_dir)
-    encoder_dim(facts.speech_encoder)  # an unknown encoder name is a clear ConfigError
-    require_pretrained(pretrain / ENCODERS[facts.speech_encoder].file, f"speech encoder {facts.speech_encoder}")
+    encoder = encoder_record(facts.speech_encoder)  # an unknown encoder name is a clear ConfigError
+    require_pretrained(pretrain / encoder.file, f"speech encoder {facts.speech_encoder}")
     check_f0_predictor(args.f0_predictor, pretrain)
     if args.enhance and not args.shallow_diffusion and not args.only_diffusion:
-        for name in ("model", "config.json"):
-            require_pretrained(pretrain / "nsf_hifigan" / name, "the enhancer (-eh)")
+        for file in OTHER_PRETRAINED["nsf_hifigan"].files:
+            require_pretrained(pretrain / file, "the enhancer (-eh)")
     if args.shallow_diffusion or args.only_diffusion:
         check_vocoder(args, pretrain)
     path = cluster_path(args)
@@ -230,21 +229,10 @@ def check_pretrained_files(args: argparse.Namespace, facts: ModelFacts) -> None:
 
 
 def check_f0_predictor(name: str, pretrain: Path) -> None:
-    from f0_predictor import F0_PREDICTORS
-
-    if name not in F0_PREDICTORS:
-        raise ConfigError(f"unknown f0 predictor '{name}'; choose one of: {', '.join(F0_PREDICTORS)}")
-    weight_checks: dict[str, Callable[[Path], Path]] = {
-        "rmvpe": lambda folder: require_pretrained(folder / "rmvpe.pt", "f0 predictor rmvpe"),
-        "fcpe": _fcpe_weights,
-    }
-    if name in weight_checks:
-        weight_checks[name](pretrain)
-
-
-def _fcpe_weights(pretrain: Path) -> Path:
-    from f0_predictor.fcpe import fcpe_weights_path
-    return fcpe_weights_path(pretrain)
+    """A known predictor, and its weight file where it has one (or the copy a package ships, as for fcpe)."""
+    record = f0_predictor_record(name)
+    if record.file is not None:
+        pretrained_weights(record, pretrain)
 
 
 def diffusion_config(args: argparse.Namespace) -> HParams:

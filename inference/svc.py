@@ -25,10 +25,10 @@ from inference.loudness import mix_loudness
 from inference.speakers import speaker_id
 from inference.spkmix import Timeline, mix_weights
 from core.audio import fit_length, resample
+from core.checkpoint import read_state_dict
 from core.config import load_model_config
 from core.dsp import repeat_expand_2d, volume
 from core.errors import ConfigError, SvcError
-from core.fileio import safe_torch_load
 from core.slicer import Segment, Slicer
 
 ENCODER_SR = 16000
@@ -91,7 +91,7 @@ class Svc:
         self.pretrain_dir = Path(pretrain_dir)
 
         self.net_g = SynthesizerTrn.from_config(self.config)
-        report = load_generator_weights(self.net_g, safe_torch_load(model_path),
+        report = load_generator_weights(self.net_g, read_state_dict(model_path),
                                         optional_prefixes=("enc_q.", "f0_decoder."))
         self.can_predict_f0 = (bool(self.config.model.get("use_automatic_f0_prediction", True))
                                and "f0_decoder." not in report.skipped_prefixes)

@@ -13,16 +13,11 @@ from typing import Any, Mapping
 
 from core.errors import ConfigError, SvcError
 from core.fileio import atomic_path
+from core.registry import ENCODER_RECORDS
 
 # speech_encoder -> MoeVS encoder file name (without .onnx); all are ContentVec layer outputs.
-HUBERT_NAMES: dict[str, str] = {
-    "vec768l12": "vec-768-layer-12",
-    "vec768l12-onnx": "vec-768-layer-12",
-    "vec256l9": "vec-256-layer-9",
-    "vec256l9-onnx": "vec-256-layer-9",
-    "vec768l9-onnx": "vec-768-layer-9",
-    "vec256l12-onnx": "vec-256-layer-12",
-}
+HUBERT_NAMES: dict[str, str] = {name: record.moevs_name for name, record in ENCODER_RECORDS.items()
+                                if record.moevs_name}
 
 
 @dataclass(frozen=True)

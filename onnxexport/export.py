@@ -18,9 +18,10 @@ import torch
 from loguru import logger
 
 from models import SynthesizerTrn, load_generator_weights
+from core.checkpoint import read_state_dict
 from core.config import load_model_config
 from core.errors import SvcError
-from core.fileio import atomic_path, safe_torch_load
+from core.fileio import atomic_path
 from core.pretrained import require_pretrained
 from onnxexport.cluster import prepare_index, prepare_kmeans, write_indexes, write_kmeans
 from onnxexport.descriptor import Speakers, build_descriptor, hubert_name, model_speakers, write_descriptor
@@ -98,7 +99,7 @@ def load_model(model_path: str | os.PathLike, config: dict) -> SynthesizerTrn:
         raise SvcError(f"model file not found: {path} (4.1's layout: copy the trained G_<step>.pth to "
                        f"checkpoints/<name>/model.pth, or pass -m PATH)")
     model = SynthesizerTrn.from_config(config)
-    load_generator_weights(model, safe_torch_load(path, map_location="cpu"))
+    load_generator_weights(model, read_state_dict(path))
     return model.float().eval()
 
 

@@ -16,12 +16,11 @@ import soundfile
 from core.config import HParams, load_template, save_config
 from core.errors import SvcError
 from core.fileio import atomic_path
-from vencoder import encoder_dim
+from core.registry import encoder_record
 
 MIN_SECONDS = 0.3                      # 4.1 leaves shorter files out
 VAL_PER_SPEAKER = 2                    # 4.1: two validation files per speaker
 SAFE_NAME = re.compile(r"[.a-zA-Z0-9_/]+")   # 4.1 warns about other characters
-WIDE_FILTER_DIMS = (768, 1024, 1280)   # encoder dims whose filter_channels follow the dim (4.1's table)
 TINY_FILTER_CHANNELS = 512
 
 
@@ -111,13 +110,14 @@ def build_configs(speakers: list[str], speech_encoder: str, vol_aug: bool = Fals
     config = load_template("config_tiny_template.json" if tiny else "config_template.json")
     diffusion = load_template("diffusion_template.yaml")
     spk = {name: i for i, name in enumerate(speakers)}
-    dim = encoder_dim(speech_encoder)
+    encoder = encoder_record(speech_encoder)
+    dim = encoder.dim
 
     config.spk = spk
     config.model.n_speakers = len(spk)
     config.model.speech_encoder = speech_encoder
     config.model.ssl_dim = config.model.gin_channels = dim
-    if dim in WIDE_FILTER_DIMS:
+    if encoder.wide_filter:
         config.model.filter_channels = dim
     if tiny:
         config.model.filter_channels = TINY_FILTER_CHANNELS

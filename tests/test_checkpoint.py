@@ -132,3 +132,55 @@ def test_githash_is_recorded_once(tmp_path):
     (tmp_path / "githash").write_text("0" * 40)
     record_githash(tmp_path / "githash")  # an earlier run's commit is kept (and a warning logged)
     assert (tmp_path / "githash").read_text() == "0" * 40
+
+
+def test_one_load_report_for_generator_and_diffusion_files(tmp_path, hps):
+    from diffusion.unit2mel import Unit2Mel, Unit2MelDims
+    from models import LoadReport as ModelsLoadReport, load_generator_weights
+
+    from core.checkpoint import LoadReport, load_diffusion_checkpoint, read_state_dict, save_diffusion_checkpoint
+
+    assert ModelsLoadReport is LoadReport
+    generator = _state(hps, 0).net_g
+    save_checkpoint(tmp_path / "G_3.pth", generator, None, epoch=1, learning_rate=1e-4)
+    g_report = load_generator_weights(_state(hps, 1).net_g, read_state_dict(tmp_path / "G_3.pth"))
+
+    def unit2mel(n_spk):
+        return Unit2Mel(Unit2MelDims(input_channel=8, n_spk=n_spk, n_layers=2, n_chans=16, n_hidden=16,
+                                     timesteps=100))
+
+    save_diffusion_checkpoint(tmp_path / "model_3.pt", unit2mel(2), 3)
+    target = unit2mel(4)
+    assert load_diffusion_checkpoint(tmp_path / "model_3.pt", target) == 3
+    d_report = load_weights(target, read_checkpoint(tmp_path / "model_3.pt", kind="diffusion")["model"],
+                            strict=False, warn=False)
+    assert type(g_report) is type(d_report) is LoadReport
+    assert g_report.complete and not d_report.complete and not d_report.fits
+    assert d_report.mismatched == [("spk_embed.weight", (2, 16), (4, 16))]
+    assert d_report.problems() == ["spk_embed.weight: checkpoint (2, 16) vs model (4, 16)"]
+    torch.save({"global_step": 4}, tmp_path / "model_4.pt")
+    with pytest.raises(SvcError, match="not a diffusion checkpoint"):
+        load_diffusion_checkpoint(tmp_path / "model_4.pt", target)
+
+
+def test_latest_and_prune_for_both_kinds(tmp_path):
+    from core.checkpoint import (latest_checkpoint, latest_diffusion_checkpoint, list_checkpoints,
+                                 prune_diffusion_checkpoints)
+
+    for name in ("G_0.pth", "G_10.pth", "G_20.pth", "D_10.pth", "D_20.pth", "model_0.pt", "model_30.pt",
+                 "model_60.pt", "model_90.pt", "notes_120.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model_150.pt").write_bytes(b"x")
+    assert checkpoint_step(tmp_path / "model_90.pt") == 90 and checkpoint_step(tmp_path / "notes_120.pt") is None
+    assert latest_checkpoint(tmp_path, "G") == (20, tmp_path / "G_20.pth")
+    assert latest_checkpoint(tmp_path, "diffusion") == (90, tmp_path / "model_90.pt")
+    assert latest_diffusion_checkpoint(tmp_path) == (tmp_path / "old" / "model_150.pt", 150)  # searched deeply
+    assert sorted(list_checkpoints(tmp_path, "D")) == [10, 20]
+
+    assert [p.name for p in prune_checkpoints(tmp_path, keep=1)] == ["G_10.pth", "D_10.pth"]
+    assert prune_diffusion_checkpoints(tmp_path, 90, interval=30, force_interval=60) == []  # 60 is forced
+    assert prune_diffusion_checkpoints(tmp_path, 30, interval=30) == []  # model_0 is never pruned
+    assert prune_diffusion_checkpoints(tmp_path, 60, interval=30) == [tmp_path / "model_30.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["model_0.pt", "model_60.pt", "model_90.pt",
+                                                             "notes_120.pt"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusion import METHODS, Unit2Mel, Unit2MelDims, load_model, samplers
-from diffusion.trainer import save_checkpoint
+from core.checkpoint import save_diffusion_checkpoint as save_checkpoint
 from core.config import load_template, save_config
 from core.errors import SvcError
 from tests.conftest import SPEC

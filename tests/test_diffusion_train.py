@@ -9,7 +9,10 @@ import torch
 from loguru import logger
 
 from diffusion.dataset import MelDataset, load_clip
-from diffusion.trainer import latest_checkpoint, load_checkpoint, learning_rate, save_checkpoint, train, validation_loss
+from core.checkpoint import latest_diffusion_checkpoint as latest_checkpoint
+from core.checkpoint import load_diffusion_checkpoint as load_checkpoint
+from core.checkpoint import save_diffusion_checkpoint as save_checkpoint
+from diffusion.trainer import learning_rate, train, validation_loss
 from diffusion.unit2mel import Unit2Mel, Unit2MelDims, build_model
 from core.config import load_config, load_template, save_config
 from core.errors import SvcError

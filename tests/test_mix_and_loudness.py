@@ -4,7 +4,7 @@ import torch
 
 from conftest import run_script
 from inference.loudness import mix_loudness
-from mix_model import mix_checkpoints
+from core.checkpoint import mix_checkpoints
 
 
 def _checkpoint(path, value):
