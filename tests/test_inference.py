@@ -12,19 +12,9 @@ import torch
 
 from conftest import FIXTURES, run_script
 from inference.svc import crossfade_join
+from tests.tiny_model import SR, add_content_encoder, save_model, tone
 
 pytestmark = pytest.mark.shared
-
-TINY_MODEL = {"inter_channels": 16, "hidden_channels": 16, "filter_channels": 32, "n_heads": 2, "n_layers": 1,
-              "upsample_initial_channel": 32, "gin_channels": 16, "ssl_dim": 64, "n_speakers": 2,
-              "n_flow_layer": 2, "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1]]}
-SR = 44100
-
-
-def tone(seconds: float, sr: int = SR, f0: float = 220.0, start: float = 0.0) -> np.ndarray:
-    t = np.arange(int(sr * seconds)) / sr
-    wave = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
-    return (0.3 * wave / np.abs(wave).max() * (t >= start)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +22,10 @@ def workdir(tmp_path_factory) -> Path:
     """A folder laid out as a user's: G_1.pth + config.json, pretrain/, raw/, cluster files."""
     from cluster.codebook import save_kmeans
     from cluster.feature_index import save_feature_index, train_feature_index
-    from models import SynthesizerTrn
-    from core.config import load_template, save_config
-
     root = tmp_path_factory.mktemp("svc")
-    config = load_template("config_template.json")
-    config.model.update(TINY_MODEL)
-    config.spk = {"alto": 0, "tenor": 1}
-    save_config(config, root / "config.json")
-    torch.manual_seed(0)
-    model = SynthesizerTrn.from_config(config)
-    torch.save({"model": model.state_dict(), "iteration": 1, "optimizer": None, "learning_rate": 1e-4},
-               root / "G_1.pth")
+    save_model(root)
+    add_content_encoder(root)
     (root / "pretrain" / "nsf_hifigan").mkdir(parents=True)
-    shutil.copy(FIXTURES / "contentvec" / "checkpoint_best_legacy_500.pt", root / "pretrain")
     for name in ("model", "config.json"):
         shutil.copy(FIXTURES / "nsf_hifigan" / name, root / "pretrain" / "nsf_hifigan" / name)
     rng = np.random.default_rng(0)

@@ -10,7 +10,6 @@ import argparse
 import os
 import pickle
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,46 +20,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import FIXTURES, REPO, run_script
+from conftest import REPO, run_script
 from inference.naming import output_name
 from inference.preflight import check_auto_f0, model_facts
 from inference.svc import ConversionOptions, Svc, clip_plan
 from core.errors import ConfigError, SvcError, UnsafeFileError
 from core.fileio import NotACheckpointError, safe_torch_load
+from tests.tiny_model import SR, add_content_encoder, save_model, tone
 
 pytestmark = pytest.mark.shared
 
-TINY_MODEL = {"inter_channels": 16, "hidden_channels": 16, "filter_channels": 32, "n_heads": 2, "n_layers": 1,
-              "upsample_initial_channel": 32, "gin_channels": 16, "ssl_dim": 64, "n_speakers": 2,
-              "n_flow_layer": 2, "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1]]}
-SR = 44100
 LOADED = "model loaded"
 LONG_SECONDS = 240
 PEAK_RSS_LIMIT_MB = 1500  # without the slice bound this input needs several GB (see test docstring)
-
-
-def tone(seconds: float, sr: int = SR, start: float = 0.0) -> np.ndarray:
-    t = np.arange(int(sr * seconds)) / sr
-    wave = sum(np.sin(2 * np.pi * 220.0 * k * t) / k for k in range(1, 6))
-    return (0.3 * wave / np.abs(wave).max() * (t >= start)).astype(np.float32)
-
-
-def save_model(root: Path, config_name: str, model_name: str, use_f0_decoder: bool = True,
-               drop_f0_decoder: bool = False) -> None:
-    """A tiny model's config and weights (as train.py saves them) under `root`."""
-    from models import SynthesizerTrn
-    from core.config import load_template, save_config
-
-    config = load_template("config_template.json")
-    config.model.update(TINY_MODEL)
-    config.model.use_automatic_f0_prediction = use_f0_decoder
-    config.spk = {"alto": 0, "tenor": 1}
-    save_config(config, root / config_name)
-    torch.manual_seed(0)
-    state = SynthesizerTrn.from_config(config).state_dict()
-    if drop_f0_decoder:
-        state = {k: v for k, v in state.items() if not k.startswith("f0_decoder.")}
-    torch.save({"model": state, "iteration": 1, "optimizer": None, "learning_rate": 1e-4}, root / model_name)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +44,7 @@ def workdir(tmp_path_factory) -> Path:
     save_model(root, "config.json", "G_1.pth")
     save_model(root, "no_f0_decoder.json", "no_f0_decoder.pth", use_f0_decoder=False)
     save_model(root, "no_f0_weights.json", "no_f0_weights.pth", drop_f0_decoder=True)
-    (root / "pretrain").mkdir()
-    shutil.copy(FIXTURES / "contentvec" / "checkpoint_best_legacy_500.pt", root / "pretrain")
+    add_content_encoder(root)
     rng = np.random.default_rng(0)
     save_feature_index({i: train_feature_index(rng.normal(size=(400, 64)).astype(np.float32)) for i in (0, 1)},
                        root / "feature_and_index.pkl")

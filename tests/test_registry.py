@@ -184,3 +184,12 @@ def test_script_help_imports_no_torch(script):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
     assert torch_imports(result.stderr) == []
+
+
+def test_pretrain_readme_lists_every_record():
+    """pretrain/README.md is the user's list of files: every encoder and every weight file in the records is there."""
+    text = (REPO / "pretrain" / "README.md").read_text(encoding="utf-8")
+    for record in [*ENCODER_RECORDS.values(), *F0_PREDICTOR_RECORDS.values()]:
+        assert f"`{record.name}`" in text, record.name
+        if record.file:
+            assert record.file in text, record.file
