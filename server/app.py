@@ -65,6 +65,21 @@ def text_fields(form: FormData) -> dict[str, str]:
     return {name: value for name, value in form.items() if isinstance(value, str)}
 
 
+async def song_request(request: Request, pool: ModelPool) -> tuple[FormData, dict[str, str], LoadedModel, str]:
+    """The common part of a whole-song request: (form, its text fields, the model, the checked output format).
+
+    A server path (`audio_path`, as 4.1 took) is refused: the client uploads the audio.
+    """
+    form = await read_form(request)
+    if "audio_path" in form:
+        raise RequestError(PATH_REFUSAL)
+    fields = text_fields(form)
+    model = pool.get(text(fields, "model", ""))
+    wav_format = text(fields, "wav_format", "wav")
+    check_format(wav_format, model.sample_rate)
+    return form, fields, model, wav_format
+
+
 async def uploaded_audio(form: FormData, field: str, limits: Limits) -> tuple[np.ndarray, int]:
     """The file field `field` decoded: (mono float32 samples, their rate)."""
     upload = form.get(field)
@@ -111,13 +126,7 @@ def add_vst_routes(app: FastAPI, pool: ModelPool, limits: Limits) -> None:
     @app.post("/wav2wav")
     async def wav2wav(request: Request) -> Response:
         """A whole song: the uploaded file 'audio', key `tran`, speaker `spk`, reply in `wav_format`."""
-        form = await read_form(request)
-        if "audio_path" in form:
-            raise RequestError(PATH_REFUSAL)
-        fields = text_fields(form)
-        model = pool.get(text(fields, "model", ""))
-        wav_format = text(fields, "wav_format", "wav")
-        check_format(wav_format, model.sample_rate)
+        form, fields, model, wav_format = await song_request(request, pool)
         options = conversion_options({}, model, trans=number(fields, "tran", 0.0, -MAX_TRANSPOSE, MAX_TRANSPOSE),
                                      speaker=text(fields, "spk", model.speakers[0]))
         audio, sr = await uploaded_audio(form, "audio", limits)
@@ -140,13 +149,7 @@ def add_api_routes(app: FastAPI, pool: ModelPool, limits: Limits) -> None:
     @app.post("/api/convert")
     async def api_convert(request: Request) -> Response:
         """Upload 'audio' with inference_main.py's options by their long names; the reply is at the model rate."""
-        form = await read_form(request)
-        if "audio_path" in form:
-            raise RequestError(PATH_REFUSAL)
-        fields = text_fields(form)
-        model = pool.get(text(fields, "model", ""))
-        wav_format = text(fields, "wav_format", "wav")
-        check_format(wav_format, model.sample_rate)
+        form, fields, model, wav_format = await song_request(request, pool)
         options = conversion_options(fields, model)
         audio, sr = await uploaded_audio(form, "audio", limits)
         out = await convert(model, audio, sr, options)

@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny models: several threads only contend on a shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def vector():
     """Load a reference vector by name from the spec's vectors/ folder."""
     def load(name: str) -> np.ndarray:

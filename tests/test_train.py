@@ -52,14 +52,6 @@ def write_config(hps: HParams, path: Path) -> Path:
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def single_threaded_env(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 

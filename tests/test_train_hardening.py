@@ -30,14 +30,6 @@ PROGRESS_LINE = re.compile(r"progress: (\d+)/(\d+) steps \(([\d.]+)%\), [\d.e+-]
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def messages():
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
