@@ -3,7 +3,6 @@ sound card, --help, refusals."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,11 +72,10 @@ def test_devices_without_portaudio_give_one_line(workdir):
         assert "Traceback" not in result.stderr
 
 
-def test_help_is_instant():
-    started = time.perf_counter()
+def test_help_lists_the_live_flags():
+    """(That --help imports no torch is checked for every script in test_registry.py.)"""
     result = run_script("realtime.py", "--help")
     assert "--list_devices" in result.stdout and "--passthrough" in result.stdout
-    assert time.perf_counter() - started < 10
 
 
 def test_bad_speaker_is_refused_before_loading(workdir):

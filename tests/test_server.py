@@ -144,11 +144,10 @@ def assert_json_error(status: int, headers: dict[str, str], body: bytes, expecte
 
 # ----- the script -----------------------------------------------------------------------------------
 
-def test_help_answers_without_loading_anything():
-    started = time.perf_counter()
+def test_help_names_the_endpoints_and_limits():
+    """(That --help imports no torch is checked for every script in test_registry.py.)"""
     result = run_script("flask_api.py", "--help")
     assert "/voiceChangeModel" in result.stdout and "--max_upload_mb" in result.stdout
-    assert time.perf_counter() - started < 10
 
 
 def test_a_missing_model_is_one_clear_line(workdir):
