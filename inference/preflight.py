@@ -30,9 +30,14 @@ from f0_predictor.weights import pretrained_weights
 
 DEFAULT_KMEANS = "logs/44k/kmeans_10000.pt"
 DEFAULT_INDEX = "logs/44k/feature_and_index.pkl"
-AUTO_F0_REFUSAL = ("-a/--auto_predict_f0 needs the model's F0 decoder, and this model was trained without one "
-                   "(config model.use_automatic_f0_prediction is false); leave out -a: the f0 predictor "
-                   "(-f0p) gives the pitch")
+NO_F0_DECODER_IN_CONFIG = "config model.use_automatic_f0_prediction is false"
+NO_F0_DECODER_WEIGHTS = "the checkpoint has no f0_decoder weights"
+
+
+def auto_f0_refusal(reason: str) -> ConfigError:
+    """-a on a model without an F0 decoder; `reason` says how the model lacks it."""
+    return ConfigError(f"-a/--auto_predict_f0 needs the model's F0 decoder, and this model has none ({reason}); "
+                       "leave out -a: the f0 predictor (-f0p) gives the pitch")
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ def check_auto_f0(args: argparse.Namespace, facts: ModelFacts) -> None:
         raise ConfigError("-a/--auto_predict_f0 uses the So-VITS model's F0 decoder, and -od/--only_diffusion "
                           "uses no So-VITS model; leave out -a")
     if not facts.has_f0_decoder:
-        raise ConfigError(AUTO_F0_REFUSAL)
+        raise auto_f0_refusal(NO_F0_DECODER_IN_CONFIG)
 
 
 # ----- files ---------------------------------------------------------------------------------------

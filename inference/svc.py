@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from inference.loudness import mix_loudness
+from inference.preflight import NO_F0_DECODER_IN_CONFIG, NO_F0_DECODER_WEIGHTS, auto_f0_refusal
 from inference.speakers import speaker_id
 from inference.spkmix import Timeline, mix_weights
 from core.audio import fit_length, resample
@@ -123,9 +124,8 @@ class Svc:
     def check_options(self, opts: ConversionOptions) -> None:
         """Refuse options this model cannot honour, before any work is done."""
         if opts.auto_predict_f0 and not self.can_predict_f0:
-            raise ConfigError("-a/--auto_predict_f0 needs the model's F0 decoder, and this model has none "
-                              "(config model.use_automatic_f0_prediction is false, or the checkpoint has no "
-                              "f0_decoder weights); leave out -a: the f0 predictor (-f0p) gives the pitch")
+            from_config = not self.config.model.get("use_automatic_f0_prediction", True)
+            raise auto_f0_refusal(NO_F0_DECODER_IN_CONFIG if from_config else NO_F0_DECODER_WEIGHTS)
 
     def units_f0(self, wav: np.ndarray, opts: ConversionOptions, sid: int | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
