@@ -2,8 +2,9 @@
 
 Each step runs one of the toolkit's scripts the way a user would (a subprocess, from inside the work
 folder, with the scripts' default paths) and prints where its output went and how long it took. Steps
-skip work that is already done, so running the demo again is quick. The last step measures how closely each
-converted song follows its source's melody.
+skip work that is already done, so running the demo again is quick. The last step measures the results with
+evaluate.py (pitch against the source, similarity to the target voice, DC offset, sound in pauses, how much
+feature retrieval changes the result), says what each figure means and flags artefacts.
 """
 from __future__ import annotations
 
@@ -149,22 +150,25 @@ def convert_songs(demo: Demo) -> str:
     return ", ".join(str(demo.work / "results" / c.result_name(step)) for c in CONVERSIONS)
 
 
-def check_melodies(demo: Demo) -> str:
-    """How closely each result follows its song's melody (f0 by pm, both files), and its hop-rate buzz."""
-    from evaluation.melody import buzz_of_file, compare_files
-
+def measure_results(demo: Demo) -> str:
+    """evaluate.py on each target speaker's results (it prints what each figure means): pitch against the
+    source, similarity to the target's training audio, artefacts; the retrieval result is compared with the
+    plain one. Then every artefact beyond its threshold again, in one list."""
     step = generator_step(latest_generator(demo))
-    for conversion in CONVERSIONS:
-        result = demo.work / "results" / conversion.result_name(step)
-        match = compare_files(conversion.song, result)
-        buzz, natural = buzz_of_file(conversion.song, result), buzz_of_file(conversion.song, conversion.song)
-        print(f"  {result.name}: {match.describe()}; hop-rate buzz {_db(buzz)} against the "
-              f"harmonics (the source itself: {_db(natural)})", flush=True)
-    return "a share near 100 % means the result sings the source's melody; natural singing has ~-20 dB of buzz"
-
-
-def _db(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.1f} dB"
+    reports = []
+    for speaker in dict.fromkeys(c.speaker for c in CONVERSIONS):
+        plain, *others = [c for c in CONVERSIONS if c.speaker == speaker]
+        report = demo.work / "results" / f"evaluation_{speaker}.json"
+        compare = [f"--compare=--converted results/{c.result_name(step)}" for c in others[:1]]
+        demo.run("evaluate.py", "-n", f"raw/{plain.song.name}", "--converted", f"results/{plain.result_name(step)}",
+                 "-s", speaker, "--json", str(report.relative_to(demo.work)), *compare)
+        reports.append(report)
+    flags = [f"{run['label']} {item['result']}: {flag}" for report in reports
+             for run in json.loads(report.read_text(encoding="utf-8"))["runs"] for item in run["files"]
+             for flag in item["flags"]]
+    for flag in flags:
+        print(f"  FLAG {flag}", flush=True)
+    return ", ".join(str(r) for r in reports) + (f"; {len(flags)} flag(s)" if flags else "; nothing flagged")
 
 
 def latest_generator(demo: Demo) -> Path:
@@ -188,7 +192,7 @@ STEPS: list[tuple[str, Callable[[Demo], str]]] = [
     ("training", train_model),
     ("cluster model + feature index", train_cluster_and_index),
     ("conversion", convert_songs),
-    ("melody check", check_melodies),
+    ("quality check", measure_results),
 ]
 
 

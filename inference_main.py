@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from core.errors import run_cli
+from inference.precision import PRECISIONS
 
 MAX_TRANSPOSE = 48  # semitones: four octaves either way is beyond any voice
 MIN_MAX_SLICE_SECONDS = 5.0
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("-ks", "--k_step", type=int, default=100, help="shallow diffusion depth")
     add("-se", "--second_encoding", action="store_true", help="re-encode the So-VITS output before diffusion")
     add("-od", "--only_diffusion", action="store_true", help="diffusion only, no So-VITS")
+    add("-fs", "--flow_steps", type=int, default=None,
+        help="integration steps of a rectified-flow diffusion model (default: its config's infer.flow_steps, else 8)")
     add("-sd", "--slice_db", type=float, default=-40, help="silence threshold in dB")
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add("-ns", "--noice_scale", type=float, default=0.4, help="prior noise scale")
@@ -57,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and vocoder")
     add("--max_slice_seconds", type=float, default=30,
         help="slices longer than this are cut into crossfaded clips to bound memory (0: never)")
+    add("--precision", default="auto", choices=PRECISIONS,
+        help="arithmetic of the conversion: fp32 is 4.1's; auto picks the fastest path that keeps the output "
+             "within the model's own randomness on this machine (README: Convert, --precision)")
     add("--overwrite", action="store_true",
         help="replace an existing result instead of writing <name>_1.<fmt>, <name>_2.<fmt> ...")
     return p
@@ -69,6 +75,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("-cl, -p and -lg must not be negative")
     if not 0 < args.linear_gradient_retain <= 1:
         parser.error("-lgr/--linear_gradient_retain must lie in (0, 1]")
+    if args.flow_steps is not None and args.flow_steps < 1:
+        parser.error("-fs/--flow_steps must be at least 1")
     if args.noice_scale < 0:
         parser.error("-ns/--noice_scale must not be negative")
     too_far = [t for t in args.trans if abs(t) > MAX_TRANSPOSE]

@@ -25,8 +25,8 @@ from core.errors import SvcError
 from core.fileio import safe_torch_load, torch_save
 
 FORMAT_VERSION = 1
-SOVITS_CHECKPOINT_NAME = r"[GD]_\d+\.pth"  # regex of train.py's checkpoint file names
-DIFFUSION_CHECKPOINT_NAME = r"model_\d+\.pt"  # regex of train_diff.py's checkpoint file names
+SOVITS_CHECKPOINT_NAME = r"[GD]_(?:\d+|best)\.pth"  # regex of train.py's checkpoint file names
+DIFFUSION_CHECKPOINT_NAME = r"model_(?:\d+|best)\.pt"  # regex of train_diff.py's checkpoint file names
 _NAMES = {
     "G": re.compile(r"^G_(?P<step>\d+)\.pth$"),
     "D": re.compile(r"^D_(?P<step>\d+)\.pth$"),
@@ -128,6 +128,43 @@ def prune_diffusion_checkpoints(expdir: str | os.PathLike, step: int, interval: 
     return _remove_steps(list_checkpoints(expdir, "diffusion"), lambda s: s == previous)
 
 
+BEST_GENERATOR = "G_best.pth"  # the generator of the best validation figure; pruning never touches it
+BEST_DIFFUSION = "model_best.pt"  # the diffusion model of the lowest validation loss
+
+
+def save_best(path: str | os.PathLike, save: Callable[[Path], None], metric: str, value: float,
+              step: int) -> None:
+    """Write a best checkpoint with `save(path)` (atomic), then record which figure made it best, its value
+    and step in `<path>.json` beside it (written atomically too) so a resumed run knows what to beat."""
+    import json
+
+    from core.fileio import atomic_path
+
+    path = Path(path)
+    save(path)
+    with atomic_path(best_record_path(path)) as tmp:
+        Path(tmp).write_text(json.dumps({"metric": metric, "value": value, "step": step}) + "\n", encoding="utf-8")
+
+
+def best_record_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def best_value(path: str | os.PathLike, metric: str) -> float | None:
+    """The value recorded for best checkpoint `path` if it was chosen by `metric` and still exists, else None."""
+    import json
+
+    record = best_record_path(path)
+    if not Path(path).is_file() or not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return float(data["value"]) if data.get("metric") == metric and "value" in data else None
+
+
 def remove_stale_temp_files(folder: str | os.PathLike,
                             checkpoint_name: str = SOVITS_CHECKPOINT_NAME) -> list[Path]:
     """Delete what killed saves left in `folder`: atomic-write temp files of checkpoints whose names match the
@@ -175,8 +212,11 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
 def save_diffusion_checkpoint(path: str | os.PathLike, model: torch.nn.Module, step: int,
                               optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write 4.1's diffusion dict `{global_step, model[, optimizer]}` atomically."""
-    state: dict[str, Any] = {"global_step": step, "model": unwrap(model).state_dict()}
+    """Write 4.1's diffusion dict `{global_step, model[, optimizer]}` atomically, plus the plain keys the model's
+    `checkpoint_extra()` returns when it has one (a rectified-flow Unit2Mel records its `objective`)."""
+    plain = unwrap(model)
+    state: dict[str, Any] = {"global_step": step, "model": plain.state_dict()}
+    state.update(getattr(plain, "checkpoint_extra", dict)())
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     torch_save(state, path)

@@ -44,6 +44,8 @@ def _schedule_buffers(timesteps: int) -> dict[str, np.ndarray]:
 class GaussianDiffusion(nn.Module):
     """Noise-prediction diffusion over mels normalised from [SPEC_MIN, SPEC_MAX] to [-1, 1]."""
 
+    objective = samplers.DDPM
+
     def __init__(self, denoise_fn: WaveNet, out_dims: int = 128, timesteps: int = 1000, k_step_max: int = 1000):
         super().__init__()
         self.denoise_fn = denoise_fn

@@ -13,18 +13,63 @@ Algorithms, written from the papers:
   steps uniform in time over the discrete VP schedule built from betas[:k_step].
 - UniPC, B(h) = e^h - 1 ("bh2"), order 2 multistep, data prediction, with the UniC corrector on every
   step but the last (Zhao et al. 2023).
+
+Rectified-flow models (objective `rectified_flow`, diffusion/flow.py) predict a velocity instead of a noise:
+`velocity(x [B, M, T], t [B]) -> v [B, M, T]` with t in [0, 1] (0: noise, 1: mel). Their samplers integrate
+dx/dt = v from a start time t0 to 1 in `steps` equal steps:
+- Euler: one velocity per step.
+- RK4: the classical fourth-order Runge-Kutta step, four velocities per step.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-METHODS = ("ddim", "pndm", "dpm-solver", "dpm-solver++", "unipc")
+DDPM = "ddpm"
+RECTIFIED_FLOW = "rectified_flow"
+OBJECTIVES = (DDPM, RECTIFIED_FLOW)
+
+
+@dataclass(frozen=True)
+class SamplerRecord:
+    """One sampler: the training objective whose model it can run, and what it does."""
+    objective: str
+    summary: str
+
+
+SAMPLERS: dict[str, SamplerRecord] = {
+    "ddim": SamplerRecord(DDPM, "DDIM, eta 0, stride `speedup`"),
+    "pndm": SamplerRecord(DDPM, "PLMS linear multistep, stride `speedup`"),
+    "dpm-solver": SamplerRecord(DDPM, "DPM-Solver order 2, k_step // speedup steps"),
+    "dpm-solver++": SamplerRecord(DDPM, "DPM-Solver++ order 2, k_step // speedup steps"),
+    "unipc": SamplerRecord(DDPM, "UniPC-bh2 order 2, k_step // speedup steps"),
+    "euler": SamplerRecord(RECTIFIED_FLOW, "Euler steps along the predicted velocity, one model call each"),
+    "rk4": SamplerRecord(RECTIFIED_FLOW, "classical Runge-Kutta steps, four model calls each"),
+}
+METHODS = tuple(name for name, record in SAMPLERS.items() if record.objective == DDPM)
+FLOW_METHODS = tuple(name for name, record in SAMPLERS.items() if record.objective == RECTIFIED_FLOW)
+DEFAULT_METHOD = {DDPM: "dpm-solver++", RECTIFIED_FLOW: "euler"}
+
+
+def methods_for(objective: str) -> tuple[str, ...]:
+    return METHODS if objective == DDPM else FLOW_METHODS
+
+
+def method_for(objective: str, configured: str | None) -> str | None:
+    """The sampler to run a model of `objective` with: `configured` when it fits (None is DDPM's ancestral
+    sampling), the objective's default when `configured` is a sampler of the other objective, so a config's
+    `infer.method` never blocks a model of the other kind. Unknown names are kept, for the model to refuse."""
+    if configured is None:
+        return None if objective == DDPM else DEFAULT_METHOD[objective]
+    record = SAMPLERS.get(configured)
+    return configured if record is None or record.objective == objective else DEFAULT_METHOD[objective]
 
 
 def _steps(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -225,3 +270,39 @@ def sample(method: str | None, denoise: Denoiser, x: torch.Tensor, betas: np.nda
     if method == "unipc":
         return unipc(denoise, x, betas, k_step, speedup)
     raise ValueError(f"unknown diffusion sampler '{method}'")
+
+
+def _flow_times(t0: float, steps: int) -> np.ndarray:
+    return np.linspace(float(t0), 1.0, int(steps) + 1)
+
+
+def euler(velocity: Velocity, x: torch.Tensor, t0: float, steps: int) -> torch.Tensor:
+    """x at time t0 -> x at time 1 in `steps` Euler steps."""
+    times = _flow_times(t0, steps)
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x + (t_next - t) * velocity(x, _steps(x, t))
+    return x
+
+
+def rk4(velocity: Velocity, x: torch.Tensor, t0: float, steps: int) -> torch.Tensor:
+    """x at time t0 -> x at time 1 in `steps` classical Runge-Kutta steps."""
+    times = _flow_times(t0, steps)
+    for t, t_next in zip(times[:-1], times[1:]):
+        h = t_next - t
+        k1 = velocity(x, _steps(x, t))
+        k2 = velocity(x + 0.5 * h * k1, _steps(x, t + 0.5 * h))
+        k3 = velocity(x + 0.5 * h * k2, _steps(x, t + 0.5 * h))
+        k4 = velocity(x + h * k3, _steps(x, t_next))
+        x = x + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return x
+
+
+def integrate_flow(method: str, velocity: Velocity, x: torch.Tensor, t0: float, steps: int) -> torch.Tensor:
+    """Run the flow sampler `method` (one of FLOW_METHODS) from x at time t0 to time 1."""
+    if steps < 1:
+        raise ValueError(f"a flow sampler needs at least one step, got {steps}")
+    if method == "euler":
+        return euler(velocity, x, t0, steps)
+    if method == "rk4":
+        return rk4(velocity, x, t0, steps)
+    raise ValueError(f"unknown flow sampler '{method}'")

@@ -17,9 +17,11 @@ from loguru import logger
 from torch.utils.data import DataLoader
 
 from diffusion.dataset import MelDataset, read_filelist
-from diffusion.unit2mel import Unit2Mel, build_model
-from core.checkpoint import (DIFFUSION_CHECKPOINT_NAME, latest_diffusion_checkpoint, load_diffusion_checkpoint,
-                             prune_diffusion_checkpoints, remove_stale_temp_files, save_diffusion_checkpoint)
+from diffusion import samplers
+from diffusion.unit2mel import DEFAULT_FLOW_STEPS, Unit2Mel, build_model, checkpoint_objective
+from core.checkpoint import (BEST_DIFFUSION, DIFFUSION_CHECKPOINT_NAME, best_value, latest_diffusion_checkpoint,
+                             load_diffusion_checkpoint, prune_diffusion_checkpoints, read_checkpoint,
+                             remove_stale_temp_files, save_best, save_diffusion_checkpoint)
 from core.config import HParams, save_config
 from core.errors import ConfigError, SvcError
 from core.progress import StepProgress
@@ -144,7 +146,8 @@ def log_validation_audio(model: Unit2Mel, val_set: MelDataset, vocoder: Any, con
         batch = _to_device({k: v[None] if torch.is_tensor(v) else v for k, v in item.items()}, device)
         mel = model.infer(batch["units"], batch["f0"], batch["volume"], batch["spk_id"],
                           gt_spec=None if full_chain else batch["mel"], k_step=None if full_chain else model.k_step_max,
-                          method=infer.get("method", "dpm-solver++"), speedup=int(infer.get("speedup", 10)))
+                          method=samplers.method_for(model.objective, infer.get("method", "dpm-solver++")),
+                          speedup=int(infer.get("speedup", 10)), steps=int(infer.get("flow_steps", DEFAULT_FLOW_STEPS)))
         name = Path(item["name"]).parent.name + "_" + Path(item["name"]).name
         sr = int(config.data.sampling_rate)
         writer.add_image(name, _mel_image(batch["mel"][0], mel[0]), step, dataformats="HW")
@@ -171,6 +174,28 @@ class _Saver:
         save_diffusion_checkpoint(path, model, step, optimizer if self.save_opt else None)
         logger.info(f"saved {path}")
         prune_diffusion_checkpoints(self.expdir, step, self.interval_val, self.force)
+
+
+def keep_best_diffusion(expdir: Path, model: Unit2Mel, step: int, loss: float) -> None:
+    """model_best.pt (no optimizer state) when `loss` is below the recorded best; pruning never deletes it."""
+    path = expdir / BEST_DIFFUSION
+    best = best_value(path, "validation_loss")
+    if loss == loss and (best is None or loss < best):
+        save_best(path, lambda target: save_diffusion_checkpoint(target, model, step), "validation_loss", loss, step)
+        logger.info(f"{BEST_DIFFUSION}: step {step}, validation loss {loss:.6f}")
+
+
+def check_resume_objective(path: Path, step: int, objective: str) -> None:
+    """A run resumes only a checkpoint of its own objective; a base model `model_0.pt` of the other kind is
+    accepted with a warning (its weights are a start for either objective: the layouts are the same)."""
+    found = checkpoint_objective(read_checkpoint(path, kind="diffusion"), path)
+    if found == objective:
+        return
+    if step == 0:
+        logger.warning(f"{path} is a {found} model; its weights start this {objective} training")
+        return
+    raise SvcError(f"{path} is a {found} checkpoint but the config says model.objective {objective}; "
+                   "train in another env.expdir or set model.objective back")
 
 
 def train(config: HParams, max_steps: int | None = None,
@@ -202,6 +227,7 @@ def train(config: HParams, max_steps: int | None = None,
     step = 0
     if found is not None:
         path, step = found
+        check_resume_objective(path, step, model.objective)
         load_diffusion_checkpoint(path, model, optimizer)
         logger.info(f"resumed from {path} at step {step}")
     model.to(device).train()
@@ -289,5 +315,6 @@ def _validate_and_save(config: HParams, model: Unit2Mel, optimizer: torch.optim.
     loss = validation_loss(model, val_set, device)
     logger.info(f"validation loss {loss:.6f} at step {step}")
     writer.add_scalar("validation/loss", loss, step)
+    keep_best_diffusion(saver.expdir, model, step, loss)
     if vocoder is not None:
         log_validation_audio(model, val_set, vocoder, config, writer, step)

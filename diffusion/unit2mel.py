@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from diffusion import samplers
+from diffusion.flow import RectifiedFlow
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.wavenet import WaveNet
 from core.checkpoint import LoadReport, load_weights, read_checkpoint
@@ -32,6 +33,7 @@ class Unit2MelDims:
     n_hidden: int = 256        # condition width
     timesteps: int = 1000      # diffusion chain length
     k_step_max: int = 0        # 0 or >= timesteps: full chain; else a shallow-only model
+    objective: str = samplers.DDPM  # "ddpm" (4.1) or "rectified_flow" (diffusion/flow.py)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], out_dims: int = 128) -> "Unit2MelDims":
@@ -42,13 +44,17 @@ class Unit2MelDims:
                        use_pitch_aug=bool(model.get("use_pitch_aug", False)), out_dims=out_dims,
                        n_layers=int(model.get("n_layers", 20)), n_chans=int(model.get("n_chans", 512)),
                        n_hidden=int(model.get("n_hidden", 256)), timesteps=int(model.get("timesteps", 1000)),
-                       k_step_max=int(model.get("k_step_max", 0) or 0))
+                       k_step_max=int(model.get("k_step_max", 0) or 0),
+                       objective=config_objective(config))
         except (KeyError, TypeError, ValueError) as error:
             raise SvcError(f"diffusion config lacks or has a bad value for {error}") from None
 
     @property
     def effective_k_step_max(self) -> int:
         return self.k_step_max if 0 < self.k_step_max < self.timesteps else self.timesteps
+
+
+DEFAULT_FLOW_STEPS = 8  # integration steps of a rectified-flow model when neither config nor flag says
 
 
 class Unit2Mel(nn.Module):
@@ -61,7 +67,17 @@ class Unit2Mel(nn.Module):
         self.aug_shift_embed = nn.Linear(1, dims.n_hidden, bias=False) if dims.use_pitch_aug else None
         self.spk_embed = nn.Embedding(dims.n_spk, dims.n_hidden) if dims.n_spk > 1 else None
         wavenet = WaveNet(dims.out_dims, dims.n_layers, dims.n_chans, dims.n_hidden)
-        self.decoder = GaussianDiffusion(wavenet, dims.out_dims, dims.timesteps, dims.effective_k_step_max)
+        decoder = RectifiedFlow if dims.objective == samplers.RECTIFIED_FLOW else GaussianDiffusion
+        self.decoder = decoder(wavenet, dims.out_dims, dims.timesteps, dims.effective_k_step_max)
+
+    @property
+    def objective(self) -> str:
+        return self.dims.objective
+
+    def checkpoint_extra(self) -> dict[str, str]:
+        """Plain keys core.checkpoint adds to a saved `model_<step>.pt`: the objective, for flow models only,
+        so DDPM checkpoints stay exactly 4.1's `{global_step, model[, optimizer]}`."""
+        return {} if self.objective == samplers.DDPM else {"objective": self.objective}
 
     @property
     def k_step_max(self) -> int:
@@ -111,11 +127,13 @@ class Unit2Mel(nn.Module):
               spk_id: torch.Tensor | int | None = None, spk_mix: torch.Tensor | None = None,
               gt_spec: torch.Tensor | None = None, k_step: int | None = None, method: str | None = "dpm-solver++",
               speedup: int = 10, aug_shift: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, steps: int = DEFAULT_FLOW_STEPS) -> torch.Tensor:
         """Mel [B, T, M] (natural log). Shallow diffusion from gt_spec [B, T, M] over its last k_step steps
         (default k_step_max; 0 returns gt_spec), or pure diffusion from noise when gt_spec is None.
 
-        method: one of samplers.METHODS, or None for DDPM; speedup <= 1 also means DDPM.
+        DDPM models: method one of samplers.METHODS, or None for DDPM; speedup <= 1 also means DDPM.
+        Rectified-flow models: method one of samplers.FLOW_METHODS, integrated in `steps` steps from
+        t0 = 1 - k_step / timesteps; speedup is not used.
         """
         frames = {"units": units.shape[1], "f0": f0.shape[1], "volume": volume.shape[1]}
         if gt_spec is not None:
@@ -123,12 +141,25 @@ class Unit2Mel(nn.Module):
         if len(set(frames.values())) > 1:
             raise SvcError(f"diffusion inputs disagree on the frame count: {frames}")
         k_step = self._check_k_step(gt_spec, k_step)
-        if method is not None and method not in samplers.METHODS:
-            raise SvcError(f"unknown diffusion method '{method}'; use one of {', '.join(samplers.METHODS)}")
+        self._check_method(method)
         if gt_spec is not None and k_step == 0:
             return gt_spec.clone()
         cond = self.condition(units, f0, volume, spk_id, spk_mix, aug_shift)
+        if self.objective == samplers.RECTIFIED_FLOW:
+            if int(steps) < 1:
+                raise SvcError(f"flow steps must be at least 1, got {steps}")
+            return self.decoder.sample(cond, gt_spec, k_step, method, int(steps), generator)
         return self.decoder.sample(cond, gt_spec, k_step, method, int(speedup), generator)
+
+    def _check_method(self, method: str | None) -> None:
+        """A sampler of this model's objective (the message names the right ones)."""
+        allowed = samplers.methods_for(self.objective)
+        if method in allowed or (method is None and self.objective == samplers.DDPM):
+            return
+        record = samplers.SAMPLERS.get(str(method))
+        kind = f"a {record.objective} sampler, " if record is not None else ""
+        raise SvcError(f"unknown diffusion method '{method}' for this {self.objective} model ({kind}"
+                       f"use one of {', '.join(allowed)})")
 
     def _check_k_step(self, gt_spec: torch.Tensor | None, k_step: int | None) -> int:
         if gt_spec is None:
@@ -146,6 +177,32 @@ class Unit2Mel(nn.Module):
         return k_step
 
 
+def config_objective(config: Mapping[str, Any]) -> str:
+    """model.objective of a diffusion.yaml; absent (every 4.1 file) means ddpm."""
+    objective = str(config["model"].get("objective", samplers.DDPM) or samplers.DDPM)
+    if objective not in samplers.OBJECTIVES:
+        raise SvcError(f"model.objective '{objective}' in the diffusion config is unknown; use one of "
+                       f"{', '.join(samplers.OBJECTIVES)}")
+    return objective
+
+
+def checkpoint_objective(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> str:
+    """The objective a `model_<step>.pt` dict records; none recorded (4.1's files) means ddpm."""
+    objective = checkpoint.get("objective", samplers.DDPM)
+    if objective not in samplers.OBJECTIVES:
+        raise SvcError(f"{path} records an unknown diffusion objective {objective!r}")
+    return str(objective)
+
+
+def check_objectives(checkpoint: Mapping[str, Any], path: str | os.PathLike, expected: str,
+                     config_path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose objective is not the config's (`expected`), naming both."""
+    found = checkpoint_objective(checkpoint, path)
+    if found != expected:
+        raise SvcError(f"{path} is a {found} model but {config_path} says model.objective {expected}; "
+                       f"use the config.yaml the model was trained with (or set model.objective: {found})")
+
+
 def build_model(config: Mapping[str, Any], out_dims: int = 128) -> Unit2Mel:
     return Unit2Mel(Unit2MelDims.from_config(config, out_dims))
 
@@ -161,7 +218,9 @@ def load_model(model_path: str | os.PathLike, config_path: str | os.PathLike | N
     if not model_path.is_file():
         raise SvcError(f"diffusion model not found: {model_path}")
     config = load_config(config_path)
-    state = read_checkpoint(model_path, kind="diffusion")["model"]
+    checkpoint = read_checkpoint(model_path, kind="diffusion")
+    check_objectives(checkpoint, model_path, config_objective(config), config_path)
+    state = checkpoint["model"]
     model = build_model(config, _out_dims(state))
     load_weights(model, state, describe=lambda report: _config_mismatch(model_path, config_path, report))
     if device is None:

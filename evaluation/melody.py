@@ -6,7 +6,9 @@
   Its level is read at the multiples of the hop rate that lie between the sung harmonics, relative to the
   harmonics themselves. Natural singing gives about -20 dB; a buzz-dominated result lies above 0 dB.
 
-The demo prints both for its results, so "the melody comes through" is a number rather than an impression.
+`pm`, this module's default tracker, can lock onto that buzz on a briefly trained model's result and call a
+correct melody wrong; evaluate.py (evaluation.report) therefore reads pitch with CREPE or pYIN
+(evaluation.pitch) and uses `hop_buzz_db` from here, read at the source's harmonics.
 """
 from __future__ import annotations
 

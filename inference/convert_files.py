@@ -42,7 +42,7 @@ def load_svc(args: argparse.Namespace) -> Svc:
     return Svc(args.model_path, args.config_path, device=args.device, cluster_model_path=cluster_path(args),
                feature_retrieval=args.feature_retrieval, enhance=args.enhance and not args.shallow_diffusion,
                enhancer_path=Path(args.pretrain_dir) / "nsf_hifigan" / "model", pretrain_dir=args.pretrain_dir,
-               diffusion=diffusion)
+               diffusion=diffusion, precision=getattr(args, "precision", "fp32"))
 
 
 def convert_files(args: argparse.Namespace) -> None:

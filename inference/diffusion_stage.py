@@ -1,8 +1,10 @@
 """Shallow diffusion at inference (`-shd`, `-od`, spec §11.6).
 
 After So-VITS, the output's vocoder mel is noised to step k_step and denoised by the diffusion model,
-then vocoded again with NSF-HiFiGAN. With only_diffusion there is no So-VITS model: the source drives
-units, f0 and volume, and the mel is sampled from pure noise.
+then vocoded again with NSF-HiFiGAN. A rectified-flow model starts instead at time 1 - k_step / timesteps and
+integrates its velocity in `flow_steps` steps (-fs, else the config's infer.flow_steps, else 8). With
+only_diffusion there is no So-VITS model: the source drives units, f0 and volume, and the mel is sampled from
+pure noise.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from loguru import logger
 
 from inference.svc import ENCODER_SR, ClipInputs, ConversionOptions, Svc
 from core.audio import fit_length, resample
@@ -19,13 +22,24 @@ from core.errors import ConfigError, SvcError
 
 
 class DiffusionStage:
-    def __init__(self, model, config, vocoder, device: torch.device):
+    """The loaded diffusion model with its vocoder; the sampler follows the model's objective: the config's
+    infer.method when it is one of that objective's samplers, else its default (dpm-solver++ or euler)."""
+
+    def __init__(self, model, config, vocoder, device: torch.device, flow_steps: int | None = None):
+        from diffusion import samplers
+        from diffusion.unit2mel import DEFAULT_FLOW_STEPS
+
         self.model = model
         self.config = config
         self.vocoder = vocoder
         self.device = device
-        self.method = config.infer.get("method", "dpm-solver++")
+        configured = config.infer.get("method", "dpm-solver++")
+        self.method = samplers.method_for(model.objective, configured)
+        if self.method != configured:
+            logger.info(f"the diffusion model is a {model.objective} model: sampling with {self.method} "
+                        f"instead of infer.method {configured}")
         self.speedup = int(config.infer.get("speedup", 10))
+        self.flow_steps = int(flow_steps or config.infer.get("flow_steps", DEFAULT_FLOW_STEPS))
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> "DiffusionStage":
@@ -47,7 +61,7 @@ class DiffusionStage:
         if not vocoder_path.is_file():
             vocoder_path = Path(args.pretrain_dir) / "nsf_hifigan" / "model"
         vocoder = NsfHifiGAN.from_type(config.vocoder.get("type", "nsf-hifigan"), vocoder_path, device)
-        return cls(model, config, vocoder, device)
+        return cls(model, config, vocoder, device, getattr(args, "flow_steps", None))
 
     def standalone_svc(self, args: argparse.Namespace) -> "DiffusionOnlySvc":
         return DiffusionOnlySvc(self, args)
@@ -65,7 +79,8 @@ class DiffusionStage:
         generator = torch.Generator(device=self.device).manual_seed(0)
         return self.model.infer(units.transpose(1, 2).float(), f0[..., None].float(), vol[..., None].float(),
                                 spk_id=spk_id, spk_mix=spk_mix, gt_spec=gt_spec, k_step=k_step,
-                                method=self.method, speedup=self.speedup, generator=generator)
+                                method=self.method, speedup=self.speedup, generator=generator,
+                                steps=self.flow_steps)
 
     def refine(self, svc: Svc, audio: np.ndarray, units: torch.Tensor, f0: torch.Tensor,
                vol: torch.Tensor | None, g: torch.Tensor, opts: ConversionOptions) -> np.ndarray:
@@ -108,6 +123,7 @@ class DiffusionOnlySvc(Svc):
         self.enhancer = None
         self.diffusion = None
         self._f0_predictors = {}
+        self.precision = "fp32"  # no So-VITS network to run at another precision
 
     def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, torch.Tensor]:
         mel = self.stage.sample_mel(x.units, x.f0, x.vol, x.g, gt_spec=None, k_step=None)

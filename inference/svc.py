@@ -19,9 +19,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
+from loguru import logger
 from tqdm import tqdm
 
 from inference.loudness import mix_loudness
+from inference.precision import ORT_PRECISIONS, resolve_precision
 from inference.preflight import NO_F0_DECODER_IN_CONFIG, NO_F0_DECODER_WEIGHTS, auto_f0_refusal
 from inference.speakers import speaker_id
 from inference.spkmix import Timeline, mix_weights
@@ -33,6 +35,7 @@ from core.errors import ConfigError, SvcError
 from core.slicer import Segment, Slicer
 
 ENCODER_SR = 16000
+INFER_SEED = 52468  # models.INFER_SEED, 4.1's seed
 DEFAULT_MAX_SLICE_SECONDS = 30.0  # longer slices are cut into crossfaded clips (see the module docstring)
 AUTO_CROSSFADE_SECONDS = 1.0      # overlap of those clips when -lg does not set one
 PROGRESS_MIN_SECONDS = 10.0       # inputs longer than this show a progress bar
@@ -59,6 +62,7 @@ class ConversionOptions:
     linear_gradient: float = 0.0         # crossfade seconds between forced clips
     linear_gradient_retain: float = 0.75
     max_slice_seconds: float = DEFAULT_MAX_SLICE_SECONDS  # 0: never cut a slice automatically
+    seed: int = INFER_SEED               # seed of the model's random draws (prior noise, source phases)
 
 
 @dataclass
@@ -78,11 +82,14 @@ class Svc:
     def __init__(self, model_path: str | Path, config_path: str | Path, device: str | torch.device | None = None,
                  cluster_model_path: str | Path | None = None, feature_retrieval: bool = False,
                  enhance: bool = False, enhancer_path: str | Path = "pretrain/nsf_hifigan/model",
-                 pretrain_dir: str | Path = "pretrain", diffusion=None):
+                 pretrain_dir: str | Path = "pretrain", diffusion=None, precision: str = "fp32"):
+        """`precision`: see inference.precision (fp32 = 4.1's computation; auto = the fastest path that
+        meets the quality bound on this machine)."""
         from models import SynthesizerTrn, load_generator_weights
         from vencoder import get_speech_encoder
 
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(precision, self.device)
         self.config = load_model_config(config_path)
         self.target_sample = int(self.config.data.sampling_rate)
         self.hop_length = int(self.config.data.hop_length)
@@ -107,6 +114,50 @@ class Svc:
             self.enhancer = Enhancer(enhancer_path, self.device)
         self.diffusion = diffusion
         self._f0_predictors: dict[tuple[str, float], object] = {}
+        if self.precision in ORT_PRECISIONS:
+            self._use_ort_decoder()
+
+    def _use_ort_decoder(self) -> None:
+        """Run the decoder body on ONNX Runtime; a decoder that does not export falls back to fp32 with a warning."""
+        from vdecoder.ort_body import build_ort_body
+        try:
+            self.net_g.dec.fast_body = build_ort_body(self.net_g.dec, self.precision, self._decoder_calibration)
+        except Exception as error:  # noqa: BLE001 - any export or quantiser failure: the exact path still works
+            logger.warning(f"--precision {self.precision}: the decoder could not be prepared for ONNX Runtime "
+                           f"({type(error).__name__}: {error}); converting in fp32")
+            self.precision = "fp32"
+
+    def _autocast(self):
+        """bfloat16 autocast for the bf16 precision, a no-op otherwise."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _decoder_calibration(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The decoder body's inputs while converting a built-in sung tone (units from this model's speech
+        encoder, its known f0) for up to two speakers: the activation ranges of the int8 decoder."""
+        seconds = 3.0  # the quantiser holds every intermediate tensor of every item: ~1 GB per second here
+        wav, f0 = calibration_tone(seconds, self.target_sample, self.hop_length)
+        units = self.encoder(torch.from_numpy(resample(wav, self.target_sample, ENCODER_SR)))[0]
+        units = repeat_expand_2d(units, len(f0), self.unit_interpolate_mode)[None].float()
+        f0_t = torch.from_numpy(f0)[None].to(self.device)
+        uv = (f0_t > 0).float()
+        f0_t = torch.where(f0_t > 0, f0_t, torch.full_like(f0_t, 110.0))
+        vol = volume(torch.from_numpy(wav)[None].to(self.device), self.hop_length)[:, :len(f0)]
+        recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        dec = self.net_g.dec
+
+        def record(x, excitation, g):
+            recorded.append((x.clone(), excitation.clone(), g.clone()))
+            return dec.body(x, excitation, g)
+
+        previous, dec.fast_body = dec.fast_body, record
+        try:
+            with torch.inference_mode():
+                for sid in sorted(set(self.spk2id.values()))[:2] or [0]:
+                    self.net_g.infer(units.to(self.device), f0_t, uv, g=torch.tensor([[sid]], device=self.device),
+                                     noice_scale=0.4, vol=vol if self.vol_embedding else None)
+        finally:
+            dec.fast_body = previous
+        return recorded
 
     # ----- one clip -----------------------------------------------------------------------------
 
@@ -135,7 +186,8 @@ class Svc:
         f0 = torch.from_numpy(f0 * 2 ** (opts.trans / 12)).float()[None].to(self.device)
         uv = torch.from_numpy(uv).float()[None].to(self.device)
         wav16k = torch.from_numpy(resample(wav, self.target_sample, ENCODER_SR))
-        units = self.encoder(wav16k)[0]                                            # [D, T_enc]
+        with self._autocast():
+            units = self.encoder(wav16k)[0].float()                                # [D, T_enc]
         units = repeat_expand_2d(units, f0.shape[1], self.unit_interpolate_mode)  # [D, T]
         if opts.cluster_infer_ratio > 0 and self.cluster is not None and sid is not None:
             units = self._cluster_mix(units, sid, opts.cluster_infer_ratio)
@@ -167,9 +219,9 @@ class Svc:
 
     def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, torch.Tensor]:
         """So-VITS (and shallow diffusion): -> (audio `[T * hop]`, the f0 used `[1, T]`)."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             audio, f0 = self.net_g.infer(x.units, x.f0, x.uv, g=x.g, noice_scale=opts.noice_scale,
-                                         predict_f0=opts.auto_predict_f0,
+                                         predict_f0=opts.auto_predict_f0, seed=opts.seed,
                                          vol=x.vol if self.vol_embedding else None)
         audio = audio[0, 0].float().cpu().numpy()
         if self.diffusion is not None:
@@ -302,6 +354,19 @@ def crossfade_join(head: np.ndarray, tail: np.ndarray, overlap: int, retain: flo
     mixed = np.concatenate([a[:left], a[left:left + blend] * (1 - ramp) + tail[left:left + blend] * ramp,
                             tail[left + blend:overlap]])
     return np.concatenate([head[:len(head) - overlap], mixed, tail[overlap:]])
+
+
+def calibration_tone(seconds: float, sr: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sung-like tone `[N]` (5 harmonics, f0 gliding 110 -> 880 Hz and back, a 0.5 s pause in the middle)
+    and its f0 per frame `[N // hop]` (0 in the pause)."""
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    f0 = 110 * 2 ** (3 * np.sin(np.pi * t / seconds) ** 2)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = np.abs(t - seconds / 2) > 0.25
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6)) * voiced
+    frames = f0[hop // 2::hop][:n // hop] * voiced[hop // 2::hop][:n // hop]
+    return (0.3 * wave / np.abs(wave).max()).astype(np.float32), frames.astype(np.float32)
 
 
 def _fit_rows(mix: np.ndarray, n: int) -> np.ndarray:

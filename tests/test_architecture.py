@@ -9,9 +9,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = {
     "core": 0, "modules": 1, "vencoder": 2, "f0_predictor": 2, "vdecoder": 2,
-    "models": 3, "diffusion": 3, "cluster": 3,
-    "preprocess": 4, "training": 4, "inference": 4, "onnxexport": 4, "evaluation": 4,
-    "server": 5,
+    "models": 3, "diffusion": 3, "cluster": 3, "evaluation": 3,
+    "preprocess": 4, "training": 4, "inference": 4, "onnxexport": 4,
+    "server": 5, "quality": 5, "workflows": 5, "webui": 5,
 }
 ENTRY_SCRIPTS = {path.stem for path in REPO.glob("*.py")} - {"models"}
 

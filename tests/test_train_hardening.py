@@ -117,7 +117,7 @@ def test_train_max_steps_fresh_resumed_and_already_there(tmp_path, one_thread):
         assert train(hps, RunOptions(model_dir=model_dir, num_workers=0, max_steps=2)) == 0
     assert sorted(logged_steps((model_dir / "train.log").read_text())) == [0, 1, 2]
     saved = _checkpoints(model_dir, "[GD]_*.pth")
-    assert set(saved) == {"G_0.pth", "D_0.pth", "G_2.pth", "D_2.pth"}
+    assert set(saved) == {"G_0.pth", "D_0.pth", "G_2.pth", "D_2.pth", "G_best.pth"}  # best: step 0's evaluation
 
     again = subprocess.run(_train_cmd(config, tmp_path / "logs", "--max_steps", "2"), env=_env(),
                            capture_output=True, text=True, timeout=300)

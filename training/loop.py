@@ -26,10 +26,12 @@ from torch.utils.data import DataLoader
 
 from core import dsp
 from modules import losses
-from core.checkpoint import (latest_pair, load_weights, optimizer_fits, prune_checkpoints, read_checkpoint,
-                                remove_stale_temp_files, save_checkpoint)
+from core.checkpoint import (BEST_GENERATOR, best_value, latest_pair, load_weights, optimizer_fits,
+                             prune_checkpoints, read_checkpoint, remove_stale_temp_files, save_best,
+                             save_checkpoint)
 from core.config import HParams, save_config
 from training.dataset import Batch, BucketSampler, DataOptions, SpeakerDataset, collate
+from training.metrics import ValidationFigures, best_metric_of, is_better
 from modules.discriminator import MultiPeriodDiscriminator
 from core.errors import SvcError
 from core.progress import StepProgress, route_logs_through_tqdm
@@ -185,6 +187,20 @@ def save(state: TrainState, hps: HParams, model_dir: Path, step: int) -> None:
     logger.info(f"saved G_{step}.pth and D_{step}.pth" + (f"; removed {len(removed)} old file(s)" if removed else ""))
 
 
+def keep_best(state: TrainState, hps: HParams, model_dir: Path, step: int, figures: dict[str, float]) -> None:
+    """Write G_best.pth (generator only, 4.1's keys) when this step's `train.best_metric` beats the recorded one."""
+    metric = best_metric_of(hps.train)
+    path = model_dir / BEST_GENERATOR
+    value, best = figures.get(metric), best_value(path, metric)
+    if not is_better(metric, value, best):
+        return
+    save_best(path, lambda target: save_checkpoint(target, state.net_g, None, epoch=state.epoch,
+                                                   learning_rate=float(hps.train.learning_rate),
+                                                   extra={"global_step": step}), metric, value, step)
+    was = f" (was {best:.4g})" if best is not None else ""
+    logger.info(f"{BEST_GENERATOR}: step {step}, {metric} {value:.4g}{was}")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # one step
 
@@ -276,11 +292,12 @@ def train_step(state: TrainState, batch: Batch, hps: HParams, *, want_images: bo
 class Board:
     """TensorBoard writers at `model_dir` and `model_dir/eval` (rank 0 only), with 4.1's tag names."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, sampling_rate: int = 44100):
         from torch.utils.tensorboard import SummaryWriter
 
         self.train = SummaryWriter(log_dir=str(model_dir))
         self.eval = SummaryWriter(log_dir=str(model_dir / "eval"))
+        self.figures = ValidationFigures(sampling_rate)  # the validation figures (training/metrics.py)
 
     def log_step(self, step: int, result: StepResult) -> None:
         for tag, value in result.scalars.items():
@@ -296,12 +313,15 @@ class Board:
 
 
 @torch.no_grad()
-def evaluate(net_g: nn.Module, loader: DataLoader, hps: HParams, board: Board, step: int, device: torch.device) -> None:
-    """Synthesize every validation item with the true f0/uv/volume and log audio and the last item's mels."""
+def evaluate(net_g: nn.Module, loader: DataLoader, hps: HParams, board: Board, step: int,
+             device: torch.device) -> dict[str, float]:
+    """Synthesize every validation item with the true f0/uv/volume, log audio, the last item's mels and the
+    validation figures (eval/<figure>); returns the figures' means."""
     data = hps.data
     mel = dict(sr=data.sampling_rate, n_fft=data.filter_length, n_mels=data.n_mel_channels,
                fmin=data.mel_fmin, fmax=data.mel_fmax, hop_length=data.hop_length, win_length=data.win_length)
     net_g.eval()
+    board.figures.start()
     try:
         for index, batch in enumerate(loader):
             batch = batch.to(device)
@@ -311,11 +331,20 @@ def evaluate(net_g: nn.Module, loader: DataLoader, hps: HParams, board: Board, s
             gen_mel = dsp.mel_spectrogram(audio[:, 0].float(), **mel)[0]
             gt_mel = dsp.spec_to_mel(batch.spec[:1].float(), **{k: mel[k] for k in
                                                                  ("sr", "n_fft", "n_mels", "fmin", "fmax")})[0]
+            frames = min(gen_mel.shape[-1], gt_mel.shape[-1])
+            board.figures.add(index, audio[0, 0].float().cpu().numpy(), batch.audio[0, 0].float().cpu().numpy(),
+                              float((gen_mel[:, :frames] - gt_mel[:, :frames]).abs().mean()))
         if len(loader):
             board.eval.add_image("gen/mel", spectrogram_image(gen_mel.cpu().numpy()), step, dataformats="HWC")
             board.eval.add_image("gt/mel", spectrogram_image(gt_mel.cpu().numpy()), step, dataformats="HWC")
     finally:
         net_g.train()
+    means = board.figures.means()
+    for name, value in means.items():
+        board.eval.add_scalar(f"eval/{name}", value, step)
+    if means:
+        logger.info(f"validation at step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    return means
 
 
 def format_scalars(scalars: dict[str, float]) -> str:
@@ -381,6 +410,7 @@ def check_config(hps: HParams) -> None:
                        f"{hps.model.n_speakers}")
     if hps.train.segment_size % hps.data.hop_length:
         raise SvcError(f"train.segment_size {hps.train.segment_size} is not a multiple of hop {hps.data.hop_length}")
+    best_metric_of(hps.train)
 
 
 def train(hps: HParams, options: RunOptions, dist_info: Dist | None = None,
@@ -407,7 +437,7 @@ def train(hps: HParams, options: RunOptions, dist_info: Dist | None = None,
         ids = [dist_info.local_rank] if device.type == "cuda" else None
         state.ddp_g = DistributedDataParallel(state.net_g, device_ids=ids)
         state.ddp_d = DistributedDataParallel(state.net_d, device_ids=ids)
-    board = Board(model_dir) if dist_info.is_main else None
+    board = Board(model_dir, int(hps.data.sampling_rate)) if dist_info.is_main else None
     batches = sampler.rank_batches(state.epoch)
     logger.info(f"rank {dist_info.rank}/{dist_info.world_size} on {device}: {len(batches)} batches per epoch, "
                 f"first batch {batches[0]}")
@@ -465,9 +495,12 @@ def _loop(state: TrainState, hps: HParams, options: RunOptions, dist_info: Dist,
             final = options.max_steps is not None and step >= options.max_steps
             if step % int(train_cfg.eval_interval) == 0 or interrupted or final:
                 if dist_info.is_main:
+                    figures = None
                     if step % int(train_cfg.eval_interval) == 0:
-                        evaluate(state.net_g, val_loader, hps, board, step, device)
+                        figures = evaluate(state.net_g, val_loader, hps, board, step, device)
                     save(state, hps, options.model_dir, step)
+                    if figures:
+                        keep_best(state, hps, options.model_dir, step, figures)
                 last_saved = step
             state.step += 1
             progress.advance(epoch=state.epoch)

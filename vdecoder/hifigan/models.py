@@ -190,6 +190,7 @@ class Generator(nn.Module):
                  activation: ActivationFactory | None = None, onnx_mode: bool = False):
         super().__init__()
         self.onnx_mode = onnx_mode
+        self.fast_body: Callable[..., torch.Tensor] | None = None
         self.upp = math.prod(upsample_rates)
         self.num_kernels = len(resblock_kernel_sizes)
         self.m_source = SourceModuleHnNSF(sampling_rate, harmonic_num=8)
@@ -223,8 +224,16 @@ class Generator(nn.Module):
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """x `[B, inter, T]`, f0 `[B, T]` Hz, g `[B, gin, 1 or T]` -> audio `[B, 1, T·upp]` in [-1, 1]."""
         excitation, _, _ = self.m_source(f0, self.upp, self.onnx_mode, generator)
+        excitation = excitation.transpose(1, 2).to(self.conv_pre.weight.dtype)  # [B, 1, N]; f0 may be float32
+        if self.fast_body is not None and not torch.is_grad_enabled():
+            return self.fast_body(x, excitation, g)
+        return self.body(x, excitation, g)
+
+    def body(self, x: torch.Tensor, excitation: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the source: x `[B, inter, T]`, excitation `[B, 1, T·upp]`, g `[B, gin, 1 or T]`
+        -> audio `[B, 1, T·upp]`. `fast_body` (e.g. an ONNX Runtime session of this, see vdecoder.ort_body)
+        replaces it at inference when set."""
         x = self.conv_pre(x)
-        excitation = excitation.transpose(1, 2).to(x.dtype)  # [B, 1, N]; f0 may be float32 in a half model
         if g is not None:
             x = x + self.cond(g)
         inplace = not torch.is_grad_enabled()  # saves a temporary per elementwise op at inference

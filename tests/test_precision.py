@@ -1,0 +1,119 @@
+"""--precision: fp32 is the exact path, the fast paths stay within the model's own randomness, bad values are
+refused in one line, and the decoder graphs are cached by the weights' hash."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import SHARED
+from core.errors import SvcError
+from inference.precision import f0_difference_cents, log_mel_distance, resolve_precision
+from inference.svc import ConversionOptions, Svc
+from tests.tiny_model import add_content_encoder, save_model, tone
+
+RECORDINGS = ("singing/sms_vignesh.wav", "speech/cmu_us_awb_arctic_a0007.wav")  # mono, 44.1 kHz
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("precision")
+    save_model(root)
+    add_content_encoder(root)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory) -> Path:
+    """One graph cache for the module, so each decoder is exported once."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SVC_CACHE_DIR", str(folder))
+        yield folder
+
+
+def load(root: Path, precision: str) -> Svc:
+    return Svc(root / "G_1.pth", root / "config.json", device="cpu", pretrain_dir=root / "pretrain",
+               precision=precision)
+
+
+@pytest.mark.shared
+def test_fp32_is_the_plain_torch_path_and_onnx_matches_it(model_dir, one_thread):
+    wav = tone(2.0, start=0.3)
+    opts = ConversionOptions(speaker="alto")
+    default = Svc(model_dir / "G_1.pth", model_dir / "config.json", device="cpu", pretrain_dir=model_dir / "pretrain")
+    exact = load(model_dir, "fp32")
+    assert default.precision == exact.precision == "fp32" and exact.net_g.dec.fast_body is None
+    reference = default.convert(wav, 44100, opts)
+    np.testing.assert_array_equal(exact.convert(wav, 44100, opts), reference)
+    onnx = load(model_dir, "onnx")
+    assert onnx.net_g.dec.fast_body is not None
+    np.testing.assert_allclose(onnx.convert(wav, 44100, opts), reference, atol=1e-4)
+
+
+@pytest.mark.shared
+def test_int8_stays_below_the_seed_to_seed_distance_on_real_recordings(model_dir, cache, tmp_path, monkeypatch,
+                                                                       one_thread):
+    import vdecoder.ort_body as ort_body
+    monkeypatch.setattr(ort_body, "MIN_INT8_CHANNELS", 16)  # the tiny decoder's widest stage has 16 channels
+    monkeypatch.setenv("SVC_CACHE_DIR", str(tmp_path))
+    exact = load(model_dir, "fp32")
+    for graph in cache.glob("*-onnx.onnx"):  # the float32 export of the other tests, not its int8 graph
+        shutil.copy(graph, tmp_path)
+    fast = load(model_dir, "int8")
+    for recording in RECORDINGS:
+        audio, sr = sf.read(SHARED / "assets" / "audio" / recording, dtype="float32", frames=2 * 44100)
+        opts = ConversionOptions(speaker="tenor", noice_scale=0.4)
+        reference = exact.convert(audio, sr, opts)
+        other_seed = exact.convert(audio, sr, ConversionOptions(speaker="tenor", noice_scale=0.4, seed=1))
+        converted = fast.convert(audio, sr, opts)
+        bound = log_mel_distance(reference, other_seed)
+        assert bound > 0.01  # the seeds really differ
+        assert 0 < log_mel_distance(reference, converted) < bound, recording  # quantised, within the bound
+        assert f0_difference_cents(reference, converted) < 5
+
+
+@pytest.mark.shared
+def test_int8_graph_is_cached_by_the_weights_and_rebuilt_when_damaged(model_dir, cache, one_thread):
+    first = load(model_dir, "int8")
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and files[0].endswith("-int8.onnx") and files[1].endswith("-onnx.onnx")
+    int8_file = cache / files[0]
+    stamp = int8_file.stat().st_mtime_ns
+    load(model_dir, "int8")
+    assert int8_file.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    int8_file.write_bytes(b"not a graph")
+    out = load(model_dir, "int8").convert(tone(1.0), 44100, ConversionOptions(speaker="alto"))
+    assert int8_file.stat().st_size > 1000 and np.isfinite(out).all() and np.abs(out).max() > 0
+    assert first.precision == "int8"
+
+
+def test_unknown_precision_is_refused_in_one_line(model_dir):
+    with pytest.raises(SvcError, match="unknown precision 'fp16' \\(choose one of: auto, fp32, onnx, int8, bf16\\)"):
+        load(model_dir, "fp16")
+
+
+def test_inference_main_lists_the_choices(capsys):
+    from inference_main import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--precision", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_auto_picks_int8_on_a_cpu_and_bf16_warns_without_native_support(monkeypatch):
+    import inference.precision as precision
+    assert resolve_precision("auto", torch.device("cpu")) == "int8"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    warnings = []
+    monkeypatch.setattr(precision.logger, "warning", warnings.append)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16" and "emulated" in warnings[0]
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16" and len(warnings) == 1
+    with pytest.raises(SvcError, match="CPU only"):
+        resolve_precision("int8", torch.device("cuda"))

@@ -1,0 +1,209 @@
+"""The NSF-HiFiGAN decoder body on ONNX Runtime, in float32 or int8, for faster conversion on a CPU.
+
+The body is everything after the harmonic source (`Generator.body`): the source, with its random draws,
+stays in torch, so a conversion draws the same numbers on every precision. Synthesis is ~85 % of a
+conversion's time and almost all of it is the body's convolutions:
+- "onnx": the body as an fp32 ONNX graph with ONNX Runtime's graph optimisations (fused conv + activation,
+  its own conv kernels); the output equals torch's up to float rounding (~1e-6).
+- "int8": the same graph with the wide Convs quantised statically (int8 per-channel weights, uint8
+  activations, ranges calibrated once on the `calibration` inputs the caller gives, normally the model's own
+  decoder inputs on a built-in sung tone); see `wide_convs` for which convs.
+
+Graphs are built once per decoder and cached as `<cache>/decoder-<sha256 of the weights>-<kind>.onnx`
+(`cache_dir()`): an .onnx file is data (a protobuf graph with its weights), never code. A damaged cache file
+is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from loguru import logger
+
+from core.fileio import atomic_path
+
+MIN_INT8_CHANNELS = 64  # narrower convs stay float32 in the int8 graph (see wide_convs)
+FORMAT_VERSION = 1  # bump when the exported graph changes, so old cache files are not used
+KINDS = ("onnx", "int8")
+OPSET = 17
+INPUTS = ("x", "excitation", "g")
+CalibrationItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, excitation, g as the body takes them
+
+
+def cache_dir() -> Path:
+    """`$SVC_CACHE_DIR`, else `$XDG_CACHE_HOME/svc`, else `~/.cache/svc`."""
+    if os.environ.get("SVC_CACHE_DIR"):
+        return Path(os.environ["SVC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "svc"
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+class _Body(nn.Module):
+    """Exposes `Generator.body` as forward(x, excitation, g) for the tracer."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor, excitation: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.generator.body(x, excitation, g)
+
+
+class OrtBody:
+    """Callable replacement for `Generator.body` (set it as `generator.fast_body`) running an ONNX graph.
+
+    Measured on a 2-core AMD EPYC: ONNX Runtime computed these 1-D convolutions on one core whatever its
+    thread count (and two sessions run from two threads did not overlap either), so the gain is in CPU time;
+    wall time gains as much only while the other core is busy.
+    """
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor, excitation: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        if g is None:
+            raise ValueError("the ONNX decoder body needs the speaker conditioning g")
+        feed = {"x": _numpy(x), "excitation": _numpy(excitation), "g": _numpy(g.expand(x.shape[0], -1, -1))}
+        return torch.from_numpy(self.session.run(None, feed)[0]).to(x.device)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over the module's parameter and buffer names, shapes and bytes (the cache key)."""
+    digest = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def build_ort_body(generator: nn.Module, kind: str,
+                   calibration: Callable[[], Sequence[CalibrationItem]] | None = None,
+                   threads: int | None = None, folder: Path | None = None) -> OrtBody:
+    """An `OrtBody` for a weight-norm-free float32 `generator`, from the cache or exported now.
+
+    `calibration` (needed for "int8" only, called only when the int8 graph is not cached yet): body inputs
+    whose activation ranges set the int8 scales.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown decoder body kind {kind!r} (known: {', '.join(KINDS)})")
+    folder = Path(folder) if folder is not None else cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = weights_digest(generator)
+    fp32_path = folder / f"decoder-{digest[:32]}-onnx.onnx"
+    if not _loads(fp32_path):
+        logger.info(f"exporting the decoder to ONNX once for this model ({fp32_path.name})")
+        export_body(generator, fp32_path)
+    path = fp32_path
+    if kind == "int8":
+        path = folder / f"decoder-{digest[:32]}-int8.onnx"
+        if not _loads(path):
+            if calibration is None:
+                raise ValueError("the int8 decoder body needs calibration inputs")
+            logger.info(f"quantising the decoder to int8 once for this model ({path.name})")
+            quantize_body(fp32_path, path, calibration())
+    return OrtBody(path, threads or torch.get_num_threads())
+
+
+def _loads(path: Path) -> bool:
+    """True if `path` holds a graph ONNX Runtime accepts (a damaged or partial file is removed)."""
+    if not path.is_file():
+        return False
+    try:
+        import onnx
+        onnx.checker.check_model(str(path))
+        return True
+    except Exception as error:  # noqa: BLE001 - any damage means: build it again
+        logger.warning(f"rebuilding the damaged decoder cache file {path} ({error})")
+        path.unlink(missing_ok=True)
+        return False
+
+
+def export_body(generator: nn.Module, path: Path) -> None:
+    """Trace the body (batch, frame and speaker-frame axes dynamic) and write it atomically."""
+    example = (torch.zeros(1, generator.conv_pre.in_channels, 8), torch.zeros(1, 1, 8 * generator.upp),
+               torch.zeros(1, generator.cond.in_channels, 1))
+    axes = {"x": {0: "batch", 2: "frames"}, "excitation": {0: "batch", 2: "samples"},
+            "g": {0: "batch", 2: "speaker_frames"}, "audio": {0: "batch", 2: "samples"}}
+    with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Body(generator).eval(), tuple(t.float() for t in example), str(tmp),
+                          input_names=list(INPUTS), output_names=["audio"], dynamic_axes=axes,
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+class _Calibration:
+    """onnxruntime.quantization's data reader over our calibration inputs."""
+
+    def __init__(self, items: Iterable[CalibrationItem]):
+        self.items = iter([{name: _numpy(t) for name, t in zip(INPUTS, item)} for item in items])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.items, None)
+
+
+def wide_convs(path: Path) -> list[str]:
+    """Names of the Conv nodes worth quantising: at least MIN_INT8_CHANNELS input channels, not a noise conv.
+
+    Those are the resblocks of the early upsampling stages (with the default sizes 256, 128 and 64 channels:
+    ~85 % of the multiply-adds). The narrow late stages, conv_post and the convs that read the harmonic
+    excitation stay float32: quantising them costs most of the error and saves little time."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {init.name: init.dims for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        dims = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if dims is not None and dims[1] >= MIN_INT8_CHANNELS and "noise_convs" not in node.name:
+            names.append(node.name)
+    return names
+
+
+def quantize_body(source: Path, path: Path, calibration: Sequence[CalibrationItem]) -> None:
+    """Static int8 quantisation of the wide Convs (per-channel int8 weights, uint8 activations, min-max ranges)."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # the quantiser logs advice about its own pre-processing as warnings
+    try:
+        with tempfile.TemporaryDirectory() as work, atomic_path(path, suffix=".onnx") as tmp:
+            prepared = Path(work) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            nodes = wide_convs(prepared)
+            if not nodes:  # a decoder too narrow to gain (an empty list would mean "all" to the quantiser)
+                shutil.copyfile(source, tmp)
+                return
+            quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QOperator,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv"], nodes_to_quantize=nodes)
+    finally:
+        root_logger.setLevel(level)
