@@ -172,7 +172,8 @@ def measure_results(demo: Demo) -> str:
 
 
 def latest_generator(demo: Demo) -> Path:
-    checkpoints = sorted((demo.work / "logs" / "44k").glob("G_*.pth"), key=generator_step)
+    checkpoints = sorted((path for path in (demo.work / "logs" / "44k").glob("G_*.pth") if path.stem[2:].isdigit()),
+                         key=generator_step)  # G_<step>.pth, not G_best.pth
     if not checkpoints:
         raise SvcError("training wrote no G_*.pth checkpoint")
     return checkpoints[-1]

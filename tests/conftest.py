@@ -25,15 +25,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread for tests of tiny models: several threads only contend on a shared CPU."""
+def _one_torch_thread():
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny models: several threads only contend on a shared CPU."""
+    yield from _one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """`one_thread` for a whole module of tiny-model tests: `pytestmark = pytest.mark.usefixtures(...)`."""
+    yield from _one_torch_thread()
 
 
 @pytest.fixture

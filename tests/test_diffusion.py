@@ -18,13 +18,7 @@ TINY = dict(input_channel=8, n_layers=2, n_chans=16, n_hidden=16, timesteps=100)
 BETAS = np.linspace(1e-4, 0.02, 1000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is much faster than several fighting over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one torch thread
 
 
 def tiny_model(seed: int = 0, **overrides) -> Unit2Mel:

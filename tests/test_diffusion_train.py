@@ -22,13 +22,7 @@ from tests.conftest import FIXTURES, run_script
 DIM = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is much faster than several fighting over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one torch thread
 
 
 def write_clip(wav: Path, frames: int, seed: int, keyshift: float = 2.0) -> None:

@@ -28,12 +28,7 @@ TINY = dict(input_channel=8, n_layers=2, n_chans=16, n_hidden=16, timesteps=100)
 FLOW = samplers.RECTIFIED_FLOW
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one torch thread
 
 
 def tiny_unit2mel(objective: str = FLOW, seed: int = 0, **overrides) -> Unit2Mel:

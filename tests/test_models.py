@@ -31,13 +31,7 @@ SPEC_CHANNELS = 33
 SEGMENT = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: intra-op threads only add contention on a shared CPU (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one torch thread
 
 
 def small_model(seed: int = 0, **overrides) -> SynthesizerTrn:

@@ -18,12 +18,7 @@ CHECKPOINT = CONTENTVEC / "checkpoint_best_legacy_500.pt"
 CASES = {"vec-768-layer-12": "vec768l12", "vec-256-layer-9": "vec256l9"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,10 @@ from core.errors import SvcError
 from tests.conftest import run_script
 from tests.tiny_model import SR, TINY_MODEL, add_content_encoder, save_model, tone
 
-pytestmark = pytest.mark.shared  # the tiny ContentVec fixture
+pytestmark = [pytest.mark.shared,  # the tiny ContentVec fixture
+              pytest.mark.usefixtures("one_thread_module")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 FEATURE_FILES = (".wav.f0.npy", ".spec.pt", ".wav.vol.npy")
