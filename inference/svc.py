@@ -33,9 +33,9 @@ from core.config import load_model_config
 from core.dsp import repeat_expand_2d, volume
 from core.errors import ConfigError, SvcError
 from core.slicer import Segment, Slicer
+from models import INFER_SEED
 
 ENCODER_SR = 16000
-INFER_SEED = 52468  # models.INFER_SEED, 4.1's seed
 DEFAULT_MAX_SLICE_SECONDS = 30.0  # longer slices are cut into crossfaded clips (see the module docstring)
 AUTO_CROSSFADE_SECONDS = 1.0      # overlap of those clips when -lg does not set one
 PROGRESS_MIN_SECONDS = 10.0       # inputs longer than this show a progress bar
