@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "gives the mel settings")
     parser.add_argument("--pretrain_dir", type=Path, default=Path("pretrain"),
                         help="folder with the pretrained encoder / f0 weights")
+    parser.add_argument("--precision", choices=("auto", "fp32", "onnx"), default="fp32",
+                        help="the speech encoder's arithmetic: fp32 = torch (4.1's computation), onnx = ONNX Runtime "
+                             "float32 on the CPU (same features up to float rounding; ~1.3x faster on 10 s clips, "
+                             "as fast on 5 s ones, ~300 MB more memory), auto = onnx on a CPU for encoders that "
+                             "support it, else fp32")
     return parser.parse_args(argv)
 
 
@@ -64,7 +69,7 @@ def build_settings(args: argparse.Namespace) -> "FeatureSettings":
         sampling_rate=int(data.sampling_rate), hop_length=int(data.hop_length),
         filter_length=int(data.get("filter_length", 2048)), win_length=int(data.get("win_length", 2048)),
         write_volume=bool(config.model.get("vol_embedding", False)), use_diff=args.use_diff,
-        vocoder_config=vocoder_config, pretrain_dir=str(args.pretrain_dir))
+        vocoder_config=vocoder_config, pretrain_dir=str(args.pretrain_dir), precision=args.precision)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loudnorm", type=float, default=None, metavar="LUFS",
                         help="normalise to this integrated loudness (e.g. -23) instead of the peak; "
                              "the gain is lowered where it would clip")
+    parser.add_argument("--keep_silence", action="store_true",
+                        help="keep leading and trailing silence (by default it is trimmed at 40 dB below the peak, "
+                             "as 4.1 does); a model that never hears silence in training sounds through the pauses")
     parser.add_argument("--num_processes", type=int, default=default_workers(),
                         help="parallel worker processes (default as 4.1: cores - 2 above 4 cores, else 1)")
     parser.add_argument("--force", action="store_true", help="redo files whose output is already up to date")
@@ -36,7 +39,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     settings = ResampleSettings(sr=args.sr2, peak_normalise=not args.skip_loudnorm, lufs=args.loudnorm,
-                                force=args.force)
+                                trim=not args.keep_silence, force=args.force)
     report = resample_dataset(Path(args.in_dir), Path(args.out_dir2), settings, args.num_processes)
     report.log(f"resample.py -> {args.out_dir2}")
     if not report.done and not report.skipped:

@@ -9,14 +9,15 @@ per second of audio; model loading excluded) and where the time goes:
 
     encoder    the speech encoder (ContentVec, 16 kHz input)
     f0         the f0 predictor's compute_f0_uv (rmvpe includes its own resampling to 16 kHz)
-    synthesis  net_g.infer (prior encoder, flow, NSF-HiFiGAN)
+    synthesis  net_g.infer (prior encoder, flow, NSF-HiFiGAN); its part "body" is the decoder after its
+               harmonic source (ONNX Runtime with --precision onnx/int8/auto)
     resample   Svc's resampling (input -> 44.1 kHz, each slice -> 16 kHz for the encoder)
     other      the rest: slicing, padding, unit alignment, tensor conversions, concatenation
 
 Each predictor is run `--repeat` times after one warm-up conversion; the table shows medians. Random
 weights make the audio meaningless but the amount of work identical to a trained model.
 
-Usage: .venv/bin/python bench/bench_infer.py [--seconds 60] [--threads N] [--f0 pm rmvpe] [--repeat 3]
+Usage: .venv/bin/python bench/bench_infer.py [--seconds 60] [--threads N] [--f0 pm rmvpe] [--repeat 3] [--precision auto]
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from core.config import load_template, save_config  # noqa: E402
 from core.errors import run_cli  # noqa: E402
 
 SR = 44100
-STAGES = ("encoder", "f0", "synthesis", "resample", "other")
+STAGES = ("encoder", "f0", "synthesis", "resample", "other")  # "body" (the decoder body) is part of synthesis
 
 # our Wav2Vec2Model key -> fairseq HuBERT key (the inverse of vencoder.hubert.FAIRSEQ_RENAMES for ContentVec)
 TO_FAIRSEQ: tuple[tuple[str, str], ...] = (
@@ -108,14 +109,14 @@ def write_generator(config_path: Path, model_path: Path, speakers: int) -> None:
                model_path)
 
 
-def build_svc(root: Path) -> Svc:
+def build_svc(root: Path, precision: str = "fp32") -> Svc:
     torch.manual_seed(0)
     pretrain = root / "pretrain"
     pretrain.mkdir()
     write_contentvec(pretrain / "checkpoint_best_legacy_500.pt")
     write_rmvpe(pretrain / "rmvpe.pt")
     write_generator(root / "config.json", root / "G_0.pth", speakers=2)
-    return Svc(root / "G_0.pth", root / "config.json", device="cpu", pretrain_dir=pretrain)
+    return Svc(root / "G_0.pth", root / "config.json", device="cpu", pretrain_dir=pretrain, precision=precision)
 
 
 # ----- input -----------------------------------------------------------------------------------------------
@@ -164,11 +165,14 @@ def stage_timers(svc: Svc, predictor_name: str, opts: ConversionOptions) -> Iter
     svc.encoder = TimedEncoder(encoder, totals)
     predictor.compute_f0_uv = timed(type(predictor).compute_f0_uv.__get__(predictor), totals, "f0")
     svc.net_g.infer = timed(type(svc.net_g).infer.__get__(svc.net_g), totals, "synthesis")
+    decoder = svc.net_g.dec
+    fast_body = decoder.fast_body
+    decoder.fast_body = timed(fast_body or decoder.body, totals, "body")
     svc_module.resample = timed(resample, totals, "resample")
     try:
         yield totals
     finally:
-        svc.encoder, svc_module.resample = encoder, resample
+        svc.encoder, svc_module.resample, decoder.fast_body = encoder, resample, fast_body
         del predictor.compute_f0_uv, svc.net_g.infer
 
 
@@ -187,13 +191,13 @@ def bench_predictor(svc: Svc, audio: np.ndarray, predictor: str, repeat: int) ->
     opts = ConversionOptions(speaker="speaker0", f0_predictor=predictor)
     run_once(svc, audio[:SR * 12], opts)  # warm-up: builds the predictor, first-call allocations
     runs = [run_once(svc, audio, opts) for _ in range(repeat)]
-    keys = [stage + suffix for stage in (*STAGES, "total") for suffix in ("", " cpu")]
+    keys = [stage + suffix for stage in (*STAGES, "body", "total") for suffix in ("", " cpu")]
     return {key: statistics.median(run.get(key, 0.0) for run in runs) for key in keys} | {
         "spread": max(r["total"] for r in runs) - min(r["total"] for r in runs)}
 
 
 def print_table(seconds: float, results: dict[str, dict[str, float]]) -> None:
-    columns = (*STAGES, "total")
+    columns = (*STAGES, "body", "total")
     header = f"{'f0':<7}{'clock':<6}" + "".join(f"{s:>11}" for s in columns) + f"{'RTF':>8}{'spread':>9}"
     print(header)
     print("-" * len(header))
@@ -212,13 +216,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--f0", nargs="+", default=["pm", "rmvpe"], help="f0 predictors to time (pm rmvpe)")
     parser.add_argument("--repeat", type=int, default=3, help="timed conversions per predictor (median)")
+    parser.add_argument("--precision", default="fp32", help="Svc precision: fp32, onnx, int8, auto, bf16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     audio = test_signal(args.seconds)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        svc = build_svc(Path(folder))
+        svc = build_svc(Path(folder), args.precision)
         print(f"models built and loaded in {time.perf_counter() - start:.1f} s (not counted); torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads; input {args.seconds:g} s at {SR} Hz")
         results = {name: bench_predictor(svc, audio, name, args.repeat) for name in args.f0}

@@ -97,6 +97,8 @@ def worker(target: str, tree: Path, fixtures: Path, args: argparse.Namespace) ->
         command = [sys.executable, str(tree / "preprocess_hubert_f0.py"), "--in_dir", str(work / "dataset" / "44k"),
                    "--f0_predictor", "dio", "--num_processes", "2" if target == "features2" else "1", "-d", "cpu",
                    "-c", str(fixtures / "configs" / "config.json"), "--pretrain_dir", str(fixtures / "pretrain")]
+        if is_head(tree):
+            command += ["--precision", "auto"]  # the speech encoder on ONNX Runtime (the default is torch)
         result = measure_process(command, work, tree)
         shutil.rmtree(work, ignore_errors=True)
         return result
@@ -251,8 +253,8 @@ def run_bench(args: argparse.Namespace) -> None:
             print(f"base {args.base} vs HEAD, {args.rounds} rounds, {args.threads} threads, HEAD precision "
                   f"{args.precision}, input {args.seconds:g} s", flush=True)
             trees = {"base": base_tree, "head": REPO}
-            if {"convert", "whole"} & set(args.targets):
-                spawn("whole", REPO, fixtures, args)  # fills HEAD's decoder graph cache (once per model)
+            if {"convert", "whole", "features", "features2"} & set(args.targets):
+                spawn("whole", REPO, fixtures, args)  # fills HEAD's encoder and decoder graph cache (once per model)
             for target in [t for t in args.targets if t != "quality"]:
                 runs: dict[str, list[dict]] = {"base": [], "head": []}
                 for _ in range(args.rounds):

@@ -1,9 +1,10 @@
 """`--precision`: which arithmetic a conversion runs in, and what `auto` picks on this machine.
 
     fp32   4.1's computation in torch float32 (sample-exact with 4.1 given the same seed)
-    onnx   the NSF-HiFiGAN decoder body on ONNX Runtime, float32 (CPU; equal to fp32 up to float rounding)
-    int8   the decoder body on ONNX Runtime with its wide convolutions in int8 (CPU; the fastest decoder on
-           AVX2 CPUs; within the bound below on the tiny and default-size models)
+    onnx   the speech encoder (fairseq HuBERT family, e.g. vec768l12) and the NSF-HiFiGAN decoder body on ONNX
+           Runtime, float32 (CPU; equal to fp32 up to float rounding)
+    int8   as onnx, with the decoder body's wide convolutions in int8 (CPU; the fastest path on AVX2 CPUs;
+           within the bound below on the tiny and default-size models)
     bf16   the speech encoder and the So-VITS model under torch bfloat16 autocast: fast on CPUs with
            AVX512-BF16 or AMX and on GPUs with bf16, emulated and slower elsewhere (a warning says so);
            it exceeds the seed-to-seed bound below (measured on the tiny random model, emulated bf16),
@@ -62,7 +63,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """The precision to run: `auto` resolved for this machine; an explicit one checked against it."""
-    from vdecoder.ort_body import onnxruntime_available
+    from core.onnx_cache import onnxruntime_available
 
     check_precision(requested)
     if requested == "auto":

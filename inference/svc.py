@@ -86,7 +86,7 @@ class Svc:
         """`precision`: see inference.precision (fp32 = 4.1's computation; auto = the fastest path that
         meets the quality bound on this machine)."""
         from models import SynthesizerTrn, load_generator_weights
-        from vencoder import get_speech_encoder
+        from vencoder.ort_encoder import speech_encoder
 
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = resolve_precision(precision, self.device)
@@ -105,7 +105,8 @@ class Svc:
                                and "f0_decoder." not in report.skipped_prefixes)
         self.net_g.remove_weight_norm()
         self.net_g.eval().to(self.device)
-        self.encoder = get_speech_encoder(self.config.model.speech_encoder, self.device, self.pretrain_dir)
+        self.encoder = speech_encoder(self.config.model.speech_encoder, self.device, self.pretrain_dir,
+                                      onnx=self.precision in ORT_PRECISIONS)
         self.cluster = _load_cluster(cluster_model_path, feature_retrieval)
         self.feature_retrieval = feature_retrieval and self.cluster is not None
         self.enhancer = None

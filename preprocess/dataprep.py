@@ -1,7 +1,7 @@
 """Dataset preparation: dataset_raw/<speaker>/ -> 44.1 kHz training wavs, and slicing long recordings.
 
-`resample_dataset` follows so-vits-svc 4.1's resample.py per file (mono, trim at 40 dB, peak guard,
-resample, peak normalisation, 16-bit PCM), reads any format libsndfile reads, mirrors nested folders,
+`resample_dataset` follows so-vits-svc 4.1's resample.py per file (mono, trim at 40 dB unless told to keep the
+silence, peak guard, resample, peak normalisation, 16-bit PCM), reads any format libsndfile reads, mirrors nested folders,
 and can aim at a loudness (LUFS) instead of a peak. `slice_dataset` cuts recordings into clips on silence.
 Both skip finished work on re-runs and write atomically.
 """
@@ -38,6 +38,7 @@ class ResampleSettings:
     sr: int = 44100
     peak_normalise: bool = True      # False with --skip_loudnorm
     lufs: float | None = None        # --loudnorm target; replaces peak normalisation
+    trim: bool = True                # False with --keep_silence
     force: bool = False
 
     def __call__(self, job: Job) -> Outcome:
@@ -57,10 +58,11 @@ def _load(path: Path, mono: bool) -> tuple[np.ndarray, int]:
 
 def prepare_training_audio(audio: np.ndarray, sr: int, settings: ResampleSettings) -> tuple[np.ndarray, list[str]]:
     """Mono float audio at `sr` -> int16 samples at settings.sr, plus remarks for the report."""
-    audio, _ = librosa.effects.trim(audio, top_db=TRIM_TOP_DB)
+    if settings.trim:
+        audio, _ = librosa.effects.trim(audio, top_db=TRIM_TOP_DB)
     peak = float(np.max(np.abs(audio)))
     if peak < SILENT_PEAK:
-        raise AudioError("silent: peak below -60 dBFS after trimming, nothing to train on")
+        raise AudioError("silent: peak below -60 dBFS, nothing to train on")
     if peak > 1.0:
         audio = audio * (PEAK_GUARD / peak)
     audio = resample_to_length(audio, sr, settings.sr)

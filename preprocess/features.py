@@ -34,8 +34,10 @@ from core.audio import load_audio, resample
 from core.errors import AudioError, SvcError
 from core.feature_io import FeatureFileError, read_feature
 from core.fileio import np_save, torch_save
+from core.onnx_cache import onnxruntime_available
 
 ENCODER_SR = 16000
+ENCODER_PRECISIONS = ("auto", "fp32", "onnx")
 SILENCE_PEAK = 1e-5          # below one 16-bit step: the file holds no signal
 AUG_KEYSHIFT = 5.0           # keyshift ~ U(-5, 5) semitones
 AUG_MIN_LOG10_GAIN = -1.0    # volume scale 10^s, s ~ U(-1, min(1, log10(1 / peak)))
@@ -55,6 +57,7 @@ class FeatureSettings:
     vocoder_config: str | None = None   # NSF-HiFiGAN config.json for the mel; None: 44.1 kHz/128-bin default
     pretrain_dir: str = "pretrain"
     f0_threshold: float = 0.05
+    precision: str = "fp32"             # the speech encoder's arithmetic: fp32 (torch), onnx, auto (see below)
 
     @property
     def min_samples(self) -> int:
@@ -126,11 +129,12 @@ class FeatureExtractor:
 
     def __init__(self, settings: FeatureSettings, device: str | torch.device = "cpu"):
         from f0_predictor import get_f0_predictor
-        from vencoder import get_speech_encoder
+        from vencoder.ort_encoder import speech_encoder
 
         self.settings = settings
         self.device = torch.device(device)
-        self.encoder = get_speech_encoder(settings.speech_encoder, self.device, settings.pretrain_dir)
+        self.encoder = speech_encoder(settings.speech_encoder, self.device, settings.pretrain_dir,
+                                      onnx=use_onnx_encoder(settings.precision, self.device))
         self.f0_predictor = get_f0_predictor(settings.f0_predictor, hop_length=settings.hop_length,
                                              sampling_rate=settings.sampling_rate, device=str(self.device),
                                              threshold=settings.f0_threshold, pretrain_dir=settings.pretrain_dir)
@@ -199,6 +203,17 @@ class FeatureExtractor:
         scaled = (audio * 10.0 ** log10_gain).astype(np.float32)
         aug_mel = np.asanyarray((self.mel(scaled, keyshift), keyshift), dtype=object)
         return aug_mel, self.volume(scaled)
+
+
+def use_onnx_encoder(precision: str, device: torch.device) -> bool:
+    """Whether the speech encoder runs on ONNX Runtime (float32): for `onnx`, and for `auto` on a CPU with
+    onnxruntime installed. Its features equal torch's up to float rounding (~1e-6 relative); it is ~1.3x faster
+    on 10 s clips, as fast on 5 s ones; encoders that cannot be traced stay in torch (vencoder.ort_encoder)."""
+    if precision not in ENCODER_PRECISIONS:
+        raise SvcError(f"unknown precision {precision!r} (choose one of: {', '.join(ENCODER_PRECISIONS)})")
+    if precision == "onnx" and device.type != "cpu":
+        raise SvcError(f"--precision onnx runs on the CPU only; use fp32 on {device.type}")
+    return precision != "fp32" and device.type == "cpu" and onnxruntime_available()
 
 
 def augmentation_draws(audio: np.ndarray, seed: int) -> tuple[float, float]:

@@ -46,6 +46,16 @@ def one_thread_module():
     yield from _one_torch_thread()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory):
+    """ONNX Runtime graphs the tests export (core.onnx_cache) go to one temporary folder, never the user's cache;
+    scripts the tests start inherit it."""
+    folder = tmp_path_factory.mktemp("svc_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SVC_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def vector():
     """Load a reference vector by name from the spec's vectors/ folder."""

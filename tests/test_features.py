@@ -111,6 +111,15 @@ def test_file_names():
     assert set(feature_paths(Path("x.wav"), FeatureSettings(write_volume=True))) == {"soft", "f0", "spec", "vol"}
 
 
+def test_the_encoder_runs_on_onnx_runtime_with_torch_features(extractor, pretrain, tone):
+    from vencoder.ort_encoder import OrtEncoder
+    fast = FeatureExtractor(FeatureSettings(f0_predictor="pm", pretrain_dir=str(pretrain), precision="auto"), "cpu")
+    assert isinstance(fast.encoder, OrtEncoder) and not isinstance(extractor.encoder, OrtEncoder)  # default fp32
+    np.testing.assert_allclose(fast.units(tone).numpy(), extractor.units(tone).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(SvcError, match="unknown precision 'int8' \\(choose one of: auto, fp32, onnx\\)"):
+        FeatureExtractor(FeatureSettings(f0_predictor="pm", pretrain_dir=str(pretrain), precision="int8"), "cpu")
+
+
 def test_written_files_load_the_4_1_way(extractor, tone_wav):
     written = process_file(extractor, tone_wav, seed=file_seed("spk/tone.wav"))
     assert sorted(written) == sorted(feature_paths(tone_wav, extractor.settings))

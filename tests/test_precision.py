@@ -14,6 +14,7 @@ from conftest import SHARED
 from core.errors import SvcError
 from inference.precision import f0_difference_cents, log_mel_distance, resolve_precision
 from inference.svc import ConversionOptions, Svc
+from vencoder.ort_encoder import OrtEncoder
 from tests.tiny_model import add_content_encoder, save_model, tone
 
 RECORDINGS = ("singing/sms_vignesh.wav", "speech/cmu_us_awb_arctic_a0007.wav")  # mono, 44.1 kHz
@@ -51,7 +52,8 @@ def test_fp32_is_the_plain_torch_path_and_onnx_matches_it(model_dir, one_thread)
     reference = default.convert(wav, 44100, opts)
     np.testing.assert_array_equal(exact.convert(wav, 44100, opts), reference)
     onnx = load(model_dir, "onnx")
-    assert onnx.net_g.dec.fast_body is not None
+    assert onnx.net_g.dec.fast_body is not None and isinstance(onnx.encoder, OrtEncoder)
+    assert not isinstance(exact.encoder, OrtEncoder)
     np.testing.assert_allclose(onnx.convert(wav, 44100, opts), reference, atol=1e-4)
 
 
@@ -78,18 +80,20 @@ def test_int8_stays_below_the_seed_to_seed_distance_on_real_recordings(model_dir
 
 
 @pytest.mark.shared
-def test_int8_graph_is_cached_by_the_weights_and_rebuilt_when_damaged(model_dir, cache, one_thread):
+def test_graphs_are_cached_by_the_weights_and_rebuilt_when_damaged(model_dir, cache, one_thread):
     first = load(model_dir, "int8")
     files = sorted(p.name for p in cache.iterdir())
-    assert len(files) == 2 and files[0].endswith("-int8.onnx") and files[1].endswith("-onnx.onnx")
-    int8_file = cache / files[0]
-    stamp = int8_file.stat().st_mtime_ns
+    assert [name.split("-")[0] + "-" + name.split("-")[-1] for name in files] == [
+        "decoder-int8.onnx", "decoder-onnx.onnx", "encoder-onnx.onnx"]
+    stamps = {name: (cache / name).stat().st_mtime_ns for name in files}
     load(model_dir, "int8")
-    assert int8_file.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    int8_file.write_bytes(b"not a graph")
+    assert {name: (cache / name).stat().st_mtime_ns for name in files} == stamps  # reused, not rebuilt
+    for name in (files[0], files[2]):
+        (cache / name).write_bytes(b"not a graph")
     out = load(model_dir, "int8").convert(tone(1.0), 44100, ConversionOptions(speaker="alto"))
-    assert int8_file.stat().st_size > 1000 and np.isfinite(out).all() and np.abs(out).max() > 0
-    assert first.precision == "int8"
+    assert all((cache / name).stat().st_size > 1000 for name in files)
+    assert np.isfinite(out).all() and np.abs(out).max() > 0
+    assert first.precision == "int8" and isinstance(first.encoder, OrtEncoder)
 
 
 def test_unknown_precision_is_refused_in_one_line(model_dir):
@@ -117,3 +121,48 @@ def test_auto_picks_int8_on_a_cpu_and_bf16_warns_without_native_support(monkeypa
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16" and len(warnings) == 1
     with pytest.raises(SvcError, match="CPU only"):
         resolve_precision("int8", torch.device("cuda"))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", ["vec768l12", "vec256l9"])
+def test_the_onnx_encoder_gives_torch_features_at_any_length(model_dir, tmp_path, name, one_thread):
+    from vencoder import get_speech_encoder
+    from vencoder.ort_encoder import load_ort_encoder
+    encoder = get_speech_encoder(name, "cpu", model_dir / "pretrain")
+    fast = load_ort_encoder(name, model_dir / "pretrain", folder=tmp_path)
+    assert fast.graph.name.startswith(f"encoder-{name}-") and fast.graph.parent == tmp_path
+    for samples in (16000, 23457, 80000):  # the graph was traced on 16000
+        wav = torch.from_numpy(tone(samples / 16000, sr=16000, start=0.1))
+        expected = encoder(wav)
+        assert fast(wav).shape == expected.shape
+        np.testing.assert_allclose(fast(wav), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.shared
+def test_an_encoder_that_fails_to_export_runs_in_torch_with_a_warning(model_dir, tmp_path, monkeypatch):
+    import vencoder.ort_encoder as ort_encoder
+    from vencoder.hubert import ContentVec768L12
+
+    def fail(module, path):
+        raise RuntimeError("unsupported operator")
+
+    warnings = []
+    monkeypatch.setattr(ort_encoder, "export_encoder", fail)
+    monkeypatch.setattr(ort_encoder.logger, "warning", warnings.append)
+    monkeypatch.setenv("SVC_CACHE_DIR", str(tmp_path))
+    encoder = ort_encoder.speech_encoder("vec768l12", "cpu", model_dir / "pretrain", onnx=True)
+    assert type(encoder) is ContentVec768L12 and list(tmp_path.iterdir()) == []
+    assert warnings == ["the speech encoder vec768l12 could not be prepared for ONNX Runtime "
+                        "(RuntimeError: unsupported operator); it runs in torch"]
+    assert type(ort_encoder.speech_encoder("vec768l12", "cpu", model_dir / "pretrain", onnx=False)) is ContentVec768L12
+
+
+def test_a_damaged_encoder_file_is_refused_not_worked_around(tmp_path, monkeypatch):
+    import vencoder.ort_encoder as ort_encoder
+    warnings = []
+    monkeypatch.setattr(ort_encoder.logger, "warning", warnings.append)
+    monkeypatch.setenv("SVC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "checkpoint_best_legacy_500.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SvcError, match="checkpoint_best_legacy_500.pt"):
+        ort_encoder.speech_encoder("vec768l12", "cpu", tmp_path, onnx=True)
+    assert warnings == [] and not any((tmp_path / "cache").glob("*.onnx"))

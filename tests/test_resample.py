@@ -182,3 +182,13 @@ def test_argument_and_folder_errors_are_clear(tmp_path):
     missing = run_script("resample.py", "--in_dir", "no_such_dir", cwd=tmp_path, check=False)
     assert missing.returncode == 1 and "no_such_dir does not exist" in missing.stderr
     assert "Traceback" not in both.stderr + missing.stderr
+
+
+def test_keep_silence_keeps_the_quiet_ends_that_4_1_trims():
+    from preprocess.dataprep import ResampleSettings, prepare_training_audio
+    tone = 0.5 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR)
+    audio = np.concatenate([np.zeros(SR // 2), tone, np.zeros(SR // 2)]).astype(np.float32)
+    trimmed, _ = prepare_training_audio(audio, SR, ResampleSettings())
+    kept, _ = prepare_training_audio(audio, SR, ResampleSettings(trim=False))
+    assert len(kept) == len(audio) and np.abs(kept[:SR // 2 - 1]).max() == 0 and np.abs(kept).max() > 30000
+    assert SR <= len(trimmed) < 1.1 * SR  # 4.1: trimmed at 40 dB below the peak

@@ -10,14 +10,10 @@ conversion's time and almost all of it is the body's convolutions:
   decoder inputs on a built-in sung tone); see `wide_convs` for which convs.
 
 Graphs are built once per decoder and cached as `<cache>/decoder-<sha256 of the weights>-<kind>.onnx`
-(`cache_dir()`): an .onnx file is data (a protobuf graph with its weights), never code. A damaged cache file
-is rebuilt.
+(core.onnx_cache).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
 import shutil
 import tempfile
 import warnings
@@ -30,6 +26,7 @@ import torch.nn as nn
 from loguru import logger
 
 from core.fileio import atomic_path
+from core.onnx_cache import as_numpy, cache_dir, cached_session, weights_digest
 
 MIN_INT8_CHANNELS = 64  # narrower convs stay float32 in the int8 graph (see wide_convs)
 FORMAT_VERSION = 1  # bump when the exported graph changes, so old cache files are not used
@@ -37,18 +34,6 @@ KINDS = ("onnx", "int8")
 OPSET = 17
 INPUTS = ("x", "excitation", "g")
 CalibrationItem = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, excitation, g as the body takes them
-
-
-def cache_dir() -> Path:
-    """`$SVC_CACHE_DIR`, else `$XDG_CACHE_HOME/svc`, else `~/.cache/svc`."""
-    if os.environ.get("SVC_CACHE_DIR"):
-        return Path(os.environ["SVC_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "svc"
-
-
-def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class _Body(nn.Module):
@@ -69,34 +54,15 @@ class OrtBody:
     two (fp32), 2.5 s and 1.5 s (int8).
     """
 
-    def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    def __init__(self, path: Path, session):
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = session
 
     def __call__(self, x: torch.Tensor, excitation: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         if g is None:
             raise ValueError("the ONNX decoder body needs the speaker conditioning g")
-        feed = {"x": _numpy(x), "excitation": _numpy(excitation), "g": _numpy(g.expand(x.shape[0], -1, -1))}
+        feed = {"x": as_numpy(x), "excitation": as_numpy(excitation), "g": as_numpy(g.expand(x.shape[0], -1, -1))}
         return torch.from_numpy(self.session.run(None, feed)[0]).to(x.device)
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
-
-
-def weights_digest(module: nn.Module) -> str:
-    """sha256 over the module's parameter and buffer names, shapes and bytes (the cache key)."""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def build_ort_body(generator: nn.Module, kind: str,
@@ -110,35 +76,25 @@ def build_ort_body(generator: nn.Module, kind: str,
     if kind not in KINDS:
         raise ValueError(f"unknown decoder body kind {kind!r} (known: {', '.join(KINDS)})")
     folder = Path(folder) if folder is not None else cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = weights_digest(generator)
-    fp32_path = folder / f"decoder-{digest[:32]}-onnx.onnx"
-    if not _loads(fp32_path):
-        logger.info(f"exporting the decoder to ONNX once for this model ({fp32_path.name})")
-        export_body(generator, fp32_path)
-    path = fp32_path
+    digest = weights_digest(generator, FORMAT_VERSION)[:32]
+    fp32_path = folder / f"decoder-{digest}-onnx.onnx"
+
+    def export(path: Path) -> None:
+        logger.info(f"exporting the decoder to ONNX once for this model ({path.name})")
+        export_body(generator, path)
+
+    def quantise(path: Path) -> None:
+        if calibration is None:
+            raise ValueError("the int8 decoder body needs calibration inputs")
+        cached_session(fp32_path, 1, export)  # the float32 graph it starts from, checked
+        logger.info(f"quantising the decoder to int8 once for this model ({path.name})")
+        quantize_body(fp32_path, path, calibration())
+
+    threads = threads or torch.get_num_threads()
     if kind == "int8":
-        path = folder / f"decoder-{digest[:32]}-int8.onnx"
-        if not _loads(path):
-            if calibration is None:
-                raise ValueError("the int8 decoder body needs calibration inputs")
-            logger.info(f"quantising the decoder to int8 once for this model ({path.name})")
-            quantize_body(fp32_path, path, calibration())
-    return OrtBody(path, threads or torch.get_num_threads())
-
-
-def _loads(path: Path) -> bool:
-    """True if `path` holds a graph ONNX Runtime accepts (a damaged or partial file is removed)."""
-    if not path.is_file():
-        return False
-    try:
-        import onnx
-        onnx.checker.check_model(str(path))
-        return True
-    except Exception as error:  # noqa: BLE001 - any damage means: build it again
-        logger.warning(f"rebuilding the damaged decoder cache file {path} ({error})")
-        path.unlink(missing_ok=True)
-        return False
+        path = folder / f"decoder-{digest}-int8.onnx"
+        return OrtBody(path, cached_session(path, threads, quantise))
+    return OrtBody(fp32_path, cached_session(fp32_path, threads, export))
 
 
 def export_body(generator: nn.Module, path: Path) -> None:
@@ -158,7 +114,7 @@ class _Calibration:
     """onnxruntime.quantization's data reader over our calibration inputs."""
 
     def __init__(self, items: Iterable[CalibrationItem]):
-        self.items = iter([{name: _numpy(t) for name, t in zip(INPUTS, item)} for item in items])
+        self.items = iter([{name: as_numpy(t) for name, t in zip(INPUTS, item)} for item in items])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.items, None)

@@ -25,13 +25,18 @@ def encoder_dim(name: str) -> int:
     return encoder_record(name).dim
 
 
+def encoder_class(name: str) -> type[SpeechEncoder]:
+    """The SpeechEncoder subclass of encoder `name` (its module is imported now)."""
+    record = encoder_record(name)
+    return getattr(importlib.import_module(record.module), record.class_name)
+
+
 def get_speech_encoder(name: str, device: str | torch.device | None = None,
                        pretrain_dir: str | Path = "pretrain") -> SpeechEncoder:
     """Build the encoder `name` from its pretrained file in `pretrain_dir` (clear error if missing)."""
     import torch
 
-    record = encoder_record(name)
-    encoder_class = getattr(importlib.import_module(record.module), record.class_name)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return encoder_class(name=name, path=Path(pretrain_dir) / record.file, device=torch.device(device))
+    return encoder_class(name)(name=name, path=Path(pretrain_dir) / encoder_record(name).file,
+                               device=torch.device(device))

@@ -24,6 +24,13 @@ class SpeechEncoder(ABC):
     def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
         """wav16k: `[N]` float (a `[N, C]` input is averaged over C) -> features `[1, D, N // 320]` (approx.)."""
 
+    runs_on_onnx: bool = False  # True where `traceable()` gives a module (vencoder.ort_encoder runs it)
+
+    def traceable(self) -> torch.nn.Module | None:
+        """A module mapping wav16k `[1, N]` to `encode`'s features `[1, D, T]` that torch.onnx can export with a
+        dynamic N, or None."""
+        return None
+
     def __call__(self, wav16k: torch.Tensor) -> torch.Tensor:
         if wav16k.dim() == 2:
             wav16k = wav16k.mean(dim=-1)

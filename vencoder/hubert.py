@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from core.errors import ConfigError
 from core.pretrained import require_pretrained
@@ -103,23 +104,42 @@ def load_fairseq_hubert(path: Path, device: torch.device, what: str) -> Wav2Vec2
     return build_model(dims, rename_keys(state_dict, FAIRSEQ_RENAMES, TRAINING_ONLY_KEYS), device, f"{path}")
 
 
+class LayerFeatures(nn.Module):
+    """wav `[1, N]` -> `[1, D, T]`: one layer's output of a HuBERT model (all layers when `output_layer` is None),
+    optionally through final_proj."""
+
+    def __init__(self, model: Wav2Vec2Model, output_layer: int | None, project: bool):
+        super().__init__()
+        self.model = model
+        self.output_layer = output_layer
+        self.project = project
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        x = self.model(wav, output_layer=self.output_layer)  # [1, T, D]
+        if self.project:
+            x = self.model.final_proj(x)  # [1, T, final_dim]
+        return x.transpose(1, 2)
+
+
 class FairseqHubertEncoder(SpeechEncoder):
     """A fairseq HuBERT checkpoint read as `[1, D, T]` features, T = (N - 400) // 320 + 1 for N >= 400."""
 
     output_layer: int | None = None  # 1-based layer whose output is taken; None = all layers (+ final norm)
     project: bool = False            # pass the features through final_proj
+    runs_on_onnx = True
 
     def __init__(self, name: str, path: Path, device: torch.device):
         super().__init__(name, path, device)
         self.model = load_fairseq_hubert(self.path, self.device, f"speech encoder {name}")
         if self.project and self.model.final_proj is None:
             raise ConfigError(f"{self.path} has no final_proj, which speech encoder {name} needs")
+        self.features = LayerFeatures(self.model, self.output_layer, self.project)
 
     def encode(self, wav16k: torch.Tensor) -> torch.Tensor:
-        x = self.model(wav16k[None], output_layer=self.output_layer)  # [1, T, D]
-        if self.project:
-            x = self.model.final_proj(x)  # [1, T, final_dim]
-        return x.transpose(1, 2)
+        return self.features(wav16k[None])
+
+    def traceable(self) -> nn.Module:
+        return self.features
 
 
 class ContentVec768L12(FairseqHubertEncoder):

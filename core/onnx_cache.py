@@ -1,0 +1,69 @@
+"""Graphs for ONNX Runtime built once per model and cached under a hash of its weights.
+
+The decoder body (vdecoder.ort_body) and the speech encoder (vencoder.ort_encoder) are each exported once
+per set of weights to `<cache>/<part>-<sha256 of the weights>-<kind>.onnx`. An .onnx file is data (a
+protobuf graph with its weights), never code; a damaged cache file is removed and built again.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from loguru import logger
+
+
+def cache_dir() -> Path:
+    """`$SVC_CACHE_DIR`, else `$XDG_CACHE_HOME/svc`, else `~/.cache/svc`."""
+    if os.environ.get("SVC_CACHE_DIR"):
+        return Path(os.environ["SVC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "svc"
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def weights_digest(module: nn.Module, version: int) -> str:
+    """sha256 over a graph format `version` and the module's parameter and buffer names, shapes and bytes."""
+    digest = hashlib.sha256(f"v{version}".encode())
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def cached_session(path: Path, threads: int, build: Callable[[Path], None]):
+    """A CPU session of the graph cached at `path`; `build(path)` writes it first when it is missing, or damaged
+    (ONNX Runtime refuses it: the file is removed and built again)."""
+    if path.is_file():
+        try:
+            return cpu_session(path, threads)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
+            logger.warning(f"rebuilding the damaged cache file {path} ({str(error).strip().splitlines()[0]})")
+            path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build(path)
+    return cpu_session(path, threads)
+
+
+def cpu_session(path: Path, threads: int):
+    """An onnxruntime session on the CPU with every graph optimisation and `threads` intra-op threads."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous float32 numpy copy of `tensor` (from any device), as onnxruntime takes it."""
+    return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
