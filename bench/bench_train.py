@@ -6,8 +6,9 @@ Each (config, loop) pair runs in its own process, so its peak RSS is its own. Th
 of 2–8 s (real datasets vary in length too). "ours" is `training.loop.train_step` with our length-bucketed
 batches; "4.1-loop" re-enacts 4.1's step with the same generator: batches in a fixed random order without
 bucketing, the full-batch mel, the discriminator run separately on real and generated audio with 2-D period
-convs, and the generator pass through the discriminator with its weight gradients on. Data loading
-(DataLoader, num_workers 0) is inside the timed step; checkpointing is not. The first step is a warm-up.
+convs, the generator pass through the discriminator with its weight gradients on, and AdamW stepping one parameter
+at a time (ours runs it as one fused kernel). Data loading (DataLoader, num_workers 0) is inside the timed step;
+checkpointing is not. The first step is a warm-up.
 """
 from __future__ import annotations
 
@@ -105,6 +106,10 @@ def run_child(config_name: str, loop: str, steps: int) -> dict:
         hps.spk = {"a": 0, "b": 1}
         torch.manual_seed(0)
         state = build_state(hps, torch.device("cpu"), build_generator)
+        if loop != "ours":  # 4.1 steps AdamW one parameter at a time
+            for optimizer in (state.optim_g, state.optim_d):
+                for group in optimizer.param_groups:
+                    group["fused"] = None
         loader, sampler, _ = make_loaders(hps, Dist(), RunOptions(model_dir=Path(tmp), num_workers=0),
                                           torch.device("cpu"))
         if loop != "ours":  # 4.1: one fixed random order, batches padded to their longest item

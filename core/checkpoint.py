@@ -202,12 +202,20 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     state = {
         "model": unwrap(model).state_dict(),
         "iteration": epoch,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": portable_optimizer_state(optimizer) if optimizer is not None else None,
         "learning_rate": learning_rate,
         "format": FORMAT_VERSION,
         **(extra or {}),
     }
     torch_save(state, path)
+
+
+def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict with the step-kernel options as 4.1's files have them (fused and foreach None),
+    so a torch without a fused CPU kernel resumes it too; the run that resumes picks its own kernel."""
+    state = optimizer.state_dict()
+    groups = [{**group, "fused": None, "foreach": None} for group in state["param_groups"]]
+    return {**state, "param_groups": groups}
 
 
 def save_diffusion_checkpoint(path: str | os.PathLike, model: torch.nn.Module, step: int,

@@ -1,8 +1,8 @@
 """Dataset preparation: dataset_raw/<speaker>/ -> 44.1 kHz training wavs, and slicing long recordings.
 
 `resample_dataset` follows so-vits-svc 4.1's resample.py per file (mono, trim at 40 dB unless told to keep the
-silence, peak guard, resample, peak normalisation, 16-bit PCM), reads any format libsndfile reads, mirrors nested folders,
-and can aim at a loudness (LUFS) instead of a peak. `slice_dataset` cuts recordings into clips on silence.
+silence, peak guard, resample, peak normalisation, 16-bit PCM), reads any format libsndfile reads, mirrors nested
+folders, and can aim at a loudness (LUFS) instead of a peak. `slice_dataset` cuts recordings into clips on silence.
 Both skip finished work on re-runs and write atomically.
 """
 from __future__ import annotations

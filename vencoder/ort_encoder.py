@@ -3,8 +3,8 @@
 ONNX Runtime fuses the encoder's layer norms, GELUs and attention and has its own convolution kernels for
 the waveform front end: on a quiet 2-core AMD EPYC (AVX2, 2 threads) a ContentVec (vec768l12) encoding of 10 s
 took 1.24-1.34 s against torch's 1.62-1.71 s, of 5 s 0.67-0.73 s against 0.72-0.78 s, with features equal to
-torch's up to float rounding (relative difference ~1e-6). Encoders whose class sets `runs_on_onnx` (the fairseq HuBERT family:
-vec768l12, vec256l9, cnhubertlarge) can run here; the others stay in torch.
+torch's up to float rounding (relative difference ~1e-6). Encoders whose class sets `runs_on_onnx` (the fairseq
+HuBERT family: vec768l12, vec256l9, cnhubertlarge) can run here; the others stay in torch.
 
 The graph is exported once per weight file and cached as `<cache>/encoder-<name>-<sha256 of the file>-onnx.onnx`
 (core.onnx_cache). With the graph cached, the torch model is never built: loading is quicker and the weights
