@@ -23,8 +23,8 @@ def parse_args() -> argparse.Namespace:
                         help="normalise to this integrated loudness (e.g. -23) instead of the peak; "
                              "the gain is lowered where it would clip")
     parser.add_argument("--keep_silence", action="store_true",
-                        help="keep leading and trailing silence (by default it is trimmed at 40 dB below the peak, "
-                             "as 4.1 does); a model that never hears silence in training sounds through the pauses")
+                        help="keep the silence at the ends of each file (by default it is trimmed at 40 dB below "
+                             "the peak, as 4.1 does)")
     parser.add_argument("--num_processes", type=int, default=default_workers(),
                         help="parallel worker processes (default as 4.1: cores - 2 above 4 cores, else 1)")
     parser.add_argument("--force", action="store_true", help="redo files whose output is already up to date")

@@ -17,7 +17,8 @@ per second of audio; model loading excluded) and where the time goes:
 Each predictor is run `--repeat` times after one warm-up conversion; the table shows medians. Random
 weights make the audio meaningless but the amount of work identical to a trained model.
 
-Usage: .venv/bin/python bench/bench_infer.py [--seconds 60] [--threads N] [--f0 pm rmvpe] [--repeat 3] [--precision auto]
+Usage: .venv/bin/python bench/bench_infer.py [--seconds 60] [--threads N] [--f0 pm rmvpe] [--repeat 3]
+                                             [--precision auto]
 """
 from __future__ import annotations
 
