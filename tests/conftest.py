@@ -1,14 +1,17 @@
 """Shared test fixtures. Tests that need ../shared (spec vectors, fixtures, assets) skip without it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
+from loguru import logger
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SVC_SHARED_DIR", REPO.parent / "shared"))
@@ -44,6 +47,17 @@ def one_thread():
 def one_thread_module():
     """`one_thread` for a whole module of tiny-model tests: `pytestmark = pytest.mark.usefixtures(...)`."""
     yield from _one_torch_thread()
+
+
+@contextlib.contextmanager
+def captured_logs(level: str = "INFO") -> Iterator[list[str]]:
+    """The text of every loguru message at `level` or above that is logged inside the block."""
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(message.record["message"]), level=level)
+    try:
+        yield messages
+    finally:
+        logger.remove(sink)
 
 
 @pytest.fixture(scope="session", autouse=True)

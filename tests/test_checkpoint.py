@@ -6,13 +6,13 @@ import pickle
 
 import pytest
 import torch
-from loguru import logger
 
 from core.checkpoint import (checkpoint_step, latest_pair, load_weights, prune_checkpoints, read_checkpoint,
                                 save_checkpoint)
 from core.errors import SvcError, UnsafeFileError
 from training.loop import build_generator, build_state, restore, save
 from tests.test_train import tiny_config
+from tests.conftest import captured_logs
 
 
 @pytest.fixture
@@ -22,10 +22,8 @@ def hps(tmp_path):
 
 @pytest.fixture
 def captured():
-    lines = []
-    sink = logger.add(lines.append, level="WARNING", format="{message}")
-    yield lines
-    logger.remove(sink)
+    with captured_logs("WARNING") as lines:
+        yield lines
 
 
 def _state(hps, seed):

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from diffusion.dataset import MelDataset, load_clip
 from core.checkpoint import latest_diffusion_checkpoint as latest_checkpoint
@@ -17,7 +16,7 @@ from diffusion.unit2mel import Unit2Mel, Unit2MelDims, build_model
 from core.config import load_config, load_template, save_config
 from core.errors import SvcError
 from core.fileio import np_save, torch_save
-from tests.conftest import FIXTURES, run_script
+from tests.conftest import FIXTURES, captured_logs, run_script
 
 DIM = 8
 
@@ -114,12 +113,8 @@ def test_resume_without_optimizer_state_and_base_model(tmp_path):
     config = tiny_config(tmp_path, make_dataset(tmp_path), save_opt=False, interval_val=10)
     base = Unit2Mel(Unit2MelDims(input_channel=DIM, n_spk=5, n_layers=2, n_chans=16, n_hidden=16, timesteps=100))
     save_checkpoint(Path(config.env.expdir) / "model_0.pt", base, 123456)
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), level="INFO")
-    try:
+    with captured_logs("INFO") as messages:
         assert train(config, max_steps=10) == 10
-    finally:
-        logger.remove(sink)
     text = "".join(messages)
     assert "spk_embed.weight: checkpoint (5, 16) vs model (2, 16)" in text
     assert "optimizer starts fresh" in text
@@ -158,12 +153,8 @@ def test_dataset_items_crop_augment_and_speaker(tmp_path):
 def test_short_clips_skipped_and_all_short_refused(tmp_path):
     lists = make_dataset(tmp_path, frames=(20, 30, 50))
     wavs = lists["train"].read_text().split()
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
-    try:
+    with captured_logs("WARNING") as messages:
         data = MelDataset(wavs, {"alice": 0, "bob": 1}, 2, "nearest", crop_frames=34)
-    finally:
-        logger.remove(sink)
     assert len(data) == 2 and all(" 50 frames" not in m for m in messages)
     assert sum("shorter than the 34-frame training crop" in m for m in messages) == 2
     with pytest.raises(SvcError, match="no training clip is at least 60 frames long; lower data.duration"):

@@ -13,14 +13,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import torch
-from loguru import logger
 
 from demo import is_random_placeholder, resolve_demo_encoder
 from core.download import (ChecksumError, DownloadError, download, extract_members, fetch_pretrained,
                               files_for, is_safe_member, mirror_url)
 from core.errors import ConfigError, SvcError, UnsafeFileError
 from core.pretrained import DirectDownload, direct_download
-from tests.conftest import ASSETS, SHARED, run_script
+from tests.conftest import ASSETS, SHARED, captured_logs, run_script
 from vencoder.whisper import load_audio_encoder
 
 PAYLOAD = bytes(range(256)) * 1500  # 384000 bytes
@@ -80,10 +79,8 @@ def closed_url() -> str:
 
 @pytest.fixture
 def logs():
-    messages: list[str] = []
-    handler = logger.add(lambda message: messages.append(str(message)), level="INFO")
-    yield messages
-    logger.remove(handler)
+    with captured_logs("INFO") as messages:
+        yield messages
 
 
 def sha256(data: bytes) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from diffusion.dataset import load_clip
 from core.config import save_config
@@ -21,7 +20,7 @@ from core.errors import SvcError, UnsafeFileError
 from core.feature_io import (load_array, load_aug_mel, load_f0, load_object_npy, load_spec, load_units,
                                 read_feature)
 from preprocess.features import FeatureSettings, feature_paths, missing_outputs, output_is_valid, write_outputs
-from tests.conftest import run_script
+from tests.conftest import captured_logs, run_script
 from tests.test_cluster import write_units
 from tests.test_diffusion_train import make_dataset as make_diffusion_dataset
 from tests.test_diffusion_train import tiny_config as tiny_diffusion_config
@@ -239,10 +238,8 @@ def test_missing_and_foreign_files(tmp_path):
 
 @pytest.fixture
 def warnings_logged():
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(sink)
+    with captured_logs("WARNING") as messages:
+        yield messages
 
 
 def test_skip_check_warns_about_refused_files_and_not_about_missing_ones(tmp_path, warnings_logged):

@@ -3,14 +3,12 @@ the checkpoint's objective, inference with both kinds of model, and refusals of 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from loguru import logger
 
 from core.checkpoint import save_diffusion_checkpoint
 from core.config import load_config, load_template, save_config
@@ -20,9 +18,9 @@ from diffusion.flow import RectifiedFlow
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.dataset import MelDataset
 from diffusion.trainer import train, validation_loss
-from tests.conftest import FIXTURES, run_script
+from tests.conftest import captured_logs, run_script
 from tests.test_diffusion_train import make_dataset, tiny_config
-from tests.tiny_model import SR, add_content_encoder, save_model, tone
+from tests.tiny_model import SR, add_content_encoder, add_vocoder, save_model, tone
 
 TINY = dict(input_channel=8, n_layers=2, n_chans=16, n_hidden=16, timesteps=100)
 FLOW = samplers.RECTIFIED_FLOW
@@ -191,12 +189,8 @@ def test_flow_training_starts_from_a_ddpm_base_model(tmp_path):
     config.model.objective = FLOW
     base = build_model(tiny_config(tmp_path, make_dataset(tmp_path)))
     save_diffusion_checkpoint(Path(config.env.expdir) / "model_0.pt", base, 0)
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
-    try:
+    with captured_logs("WARNING") as messages:
         assert train(config, max_steps=5) == 5
-    finally:
-        logger.remove(sink)
     assert any("is a ddpm model; its weights start this rectified_flow training" in m for m in messages)
     assert torch.load(Path(config.env.expdir) / "model_5.pt", weights_only=True)["objective"] == FLOW
 
@@ -208,9 +202,7 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("flow")
     save_model(root)
     add_content_encoder(root)
-    (root / "pretrain" / "nsf_hifigan").mkdir(parents=True)
-    for name in ("model", "config.json"):
-        shutil.copy(FIXTURES / "nsf_hifigan" / name, root / "pretrain" / "nsf_hifigan" / name)
+    add_vocoder(root)
     (root / "diff").mkdir()
     for objective in ("ddpm", FLOW):
         config = diffusion_config(objective)

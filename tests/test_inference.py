@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import FIXTURES, run_script
+from conftest import run_script
 from inference.svc import crossfade_join
-from tests.tiny_model import SR, add_content_encoder, save_model, tone
+from tests.tiny_model import SR, add_content_encoder, add_vocoder, save_model, tone
 
 pytestmark = pytest.mark.shared
 
@@ -25,9 +24,7 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("svc")
     save_model(root)
     add_content_encoder(root)
-    (root / "pretrain" / "nsf_hifigan").mkdir(parents=True)
-    for name in ("model", "config.json"):
-        shutil.copy(FIXTURES / "nsf_hifigan" / name, root / "pretrain" / "nsf_hifigan" / name)
+    add_vocoder(root)
     rng = np.random.default_rng(0)
     save_kmeans({"alto": rng.normal(size=(8, 64)), "tenor": rng.normal(size=(8, 64))}, root / "kmeans_10000.pt")
     save_feature_index({0: train_feature_index(rng.normal(size=(400, 64)).astype(np.float32)),

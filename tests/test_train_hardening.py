@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from loguru import logger
 
 from diffusion.trainer import train as train_diffusion
 from core.checkpoint import DIFFUSION_CHECKPOINT_NAME, remove_stale_temp_files
 from core.config import save_config
 from training.loop import RunOptions, _log_file, train
 from tests import test_diffusion_train as diffusion_helpers
-from tests.conftest import REPO
+from tests.conftest import REPO, captured_logs
 from tests.test_train import STEP_LINE, _free_port, _train_cmd, logged_steps, tiny_config, write_config
 
 PROGRESS_LINE = re.compile(r"progress: (\d+)/(\d+) steps \(([\d.]+)%\), [\d.e+-]+ steps/s, ETA (\d\d:\d\d|\?)")
@@ -31,10 +30,8 @@ PROGRESS_LINE = re.compile(r"progress: (\d+)/(\d+) steps \(([\d.]+)%\), [\d.e+-]
 
 @pytest.fixture
 def messages():
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
-    yield lines
-    logger.remove(sink)
+    with captured_logs("INFO") as lines:
+        yield lines
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -35,6 +35,13 @@ def save_model(root: Path, config_name: str = "config.json", model_name: str = "
     torch.save({"model": state, "iteration": 1, "optimizer": None, "learning_rate": 1e-4}, root / model_name)
 
 
+def add_vocoder(root: Path) -> None:
+    """`root/pretrain/nsf_hifigan/{model, config.json}`: the tiny NSF-HiFiGAN of the shared fixtures."""
+    (root / "pretrain" / "nsf_hifigan").mkdir(parents=True, exist_ok=True)
+    for name in ("model", "config.json"):
+        shutil.copy(FIXTURES / "nsf_hifigan" / name, root / "pretrain" / "nsf_hifigan" / name)
+
+
 def add_content_encoder(root: Path) -> None:
     """`root/pretrain/checkpoint_best_legacy_500.pt`: the tiny ContentVec of the shared fixtures."""
     (root / "pretrain").mkdir(exist_ok=True)
