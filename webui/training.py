@@ -105,6 +105,7 @@ class Job:
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None
         self.stopped = False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -115,12 +116,13 @@ class Job:
     def _run(self) -> None:
         with self.log.open("a", encoding="utf-8") as out:
             for command in self.commands:
-                if self.stopped:
-                    break
-                out.write(f"$ python {' '.join(command[1:])}\n")
-                out.flush()
-                self.process = subprocess.Popen(command, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=_unbuffered_env())
+                with self._lock:  # so that stop() never falls between the check and the start
+                    if self.stopped:
+                        break
+                    out.write(f"$ python {' '.join(command[1:])}\n")
+                    out.flush()
+                    self.process = subprocess.Popen(command, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, env=_unbuffered_env())
                 self.returncode = self.process.wait()
                 if self.returncode != 0:
                     break
@@ -130,10 +132,18 @@ class Job:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self) -> None:
-        self.stopped = True
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+    def stop(self, grace: float = 30.0) -> None:
+        """Terminate the running command and start no further one; kill it if it outlives `grace` seconds."""
+        with self._lock:
+            self.stopped = True
+            process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
     def wait(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
