@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from core.errors import run_cli
+from inference.precision import PRECISION_HELP, PRECISIONS
 from server.settings import DEFAULT_HOST, DEFAULT_PORT
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_seconds", type=float, default=600, help="longest audio accepted per request, in seconds")
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and f0 predictors")
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     return p
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from core.errors import run_cli
-from inference.precision import PRECISIONS
+from inference.precision import PRECISION_HELP, PRECISIONS
 
 MAX_TRANSPOSE = 48  # semitones: four octaves either way is beyond any voice
 MIN_MAX_SLICE_SECONDS = 5.0
@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and vocoder")
     add("--max_slice_seconds", type=float, default=30,
         help="slices longer than this are cut into crossfaded clips to bound memory (0: never)")
-    add("--precision", default="auto", choices=PRECISIONS,
-        help="arithmetic of the conversion: fp32 is 4.1's; auto picks the fastest path that keeps the output "
-             "within the model's own randomness on this machine (README: Convert, --precision)")
+    add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     add("--overwrite", action="store_true",
         help="replace an existing result instead of writing <name>_1.<fmt>, <name>_2.<fmt> ...")
     return p

@@ -267,11 +267,14 @@ class SynthesizerTrn(nn.Module):
     @torch.no_grad()
     def infer(self, c: torch.Tensor, f0: torch.Tensor, uv: torch.Tensor, g: torch.Tensor | None = None,
               noice_scale: float = 0.35, seed: int = INFER_SEED, predict_f0: bool = False,
-              vol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              vol: torch.Tensor | None = None, frames: tuple[int, int] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Convert. c `[B, ssl_dim, T]`, f0 `[B, T]` Hz, uv `[B, T]`, g ids `[B]`/`[B, 1]` or mix weights
         `[T, S]` (float), vol `[B, T]`. Returns (audio `[B, 1, T·hop]`, the f0 used `[B, T]`).
 
         `noice_scale` (4.1's spelling) scales the prior noise; `seed` seeds this call's draws (see module doc).
+        `frames` = (start, stop): only those frames' samples are wanted, the rest of the audio is 0 (the decoder
+        skips what they do not depend on; see the decoder's `forward`).
         """
         if g is None:
             g = torch.zeros(c.shape[0], 1, dtype=torch.long, device=c.device)
@@ -283,7 +286,7 @@ class SynthesizerTrn(nn.Module):
             f0 = self.predict_f0(x, f0, uv, x_mask, g)
         z_p, _, _, _ = self.enc_p(x, x_mask, f0_to_coarse(f0), noise_scale=noice_scale, generator=generator)
         z = self.flow(z_p, x_mask, g=g, reverse=True)
-        audio = self.dec(z * x_mask, f0, g=g, generator=generator)
+        audio = self.dec(z * x_mask, f0, g=g, generator=generator, frames=frames)
         return audio, f0
 
     def remove_weight_norm(self) -> None:

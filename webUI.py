@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from core.errors import run_cli
+from inference.precision import PRECISION_HELP, PRECISIONS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--export_dir", type=Path, default=Path("checkpoints"), help="where ONNX exports go")
     add("--max_seconds", type=float, default=600, help="longest recording the page converts, in seconds")
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     return p
 
 
@@ -47,7 +49,8 @@ def main() -> None:
 
     settings = WebSettings(logs_dir=args.logs_dir, pretrain_dir=args.pretrain_dir, results_dir=args.results_dir,
                            dataset_dir=args.dataset_dir, raw_dir=args.raw_dir, config_dir=args.config_dir,
-                           export_dir=args.export_dir, device=args.device, max_seconds=args.max_seconds)
+                           export_dir=args.export_dir, device=args.device, precision=args.precision,
+                           max_seconds=args.max_seconds)
     serve(settings, args.host, args.port)
 
 

@@ -125,7 +125,9 @@ class DiffusionOnlySvc(Svc):
         self._f0_predictors = {}
         self.precision = "fp32"  # no So-VITS network to run at another precision
 
-    def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, torch.Tensor]:
+    def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions,
+                   frames: tuple[int, int] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Every frame is sampled and vocoded (`frames` is a hint this path does not use)."""
         mel = self.stage.sample_mel(x.units, x.f0, x.vol, x.g, gt_spec=None, k_step=None)
         audio = self.stage.vocoder.vocode(mel, x.f0)[0].float().cpu().numpy()
         return fit_length(audio, x.f0.shape[1] * self.hop_length), x.f0

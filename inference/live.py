@@ -209,7 +209,8 @@ def converter_factory(args: argparse.Namespace) -> Callable[[int], StreamingConv
     timeline = check_stream_args(args)
     started = time.perf_counter()
     svc = Svc(args.model_path, args.config_path, device=args.device, cluster_model_path=cluster_path(args),
-              feature_retrieval=args.feature_retrieval, pretrain_dir=args.pretrain_dir)
+              feature_retrieval=args.feature_retrieval, pretrain_dir=args.pretrain_dir,
+              precision=args.precision)
     logger.info(f"model loaded in {time.perf_counter() - started:.1f} s on {svc.device}")
     options = stream_options(args)
 

@@ -37,6 +37,7 @@ ENCODER_EDGE = 80             # receptive field (400) minus step: samples past t
 ALIGN_TRIES = 12              # window starts (one hop apart) tried when aligning the encoder's frames
 SILENCE_FRAME_SECONDS = 0.01  # the silence gate looks at the loudest frame of this length
 STATIC_MIX_FRAMES = 1000      # grid on which a timeline's starting weights are read for a static mix
+RESAMPLER_MARGIN = 1024       # model-rate samples decoded beyond what a block uses (soxr's reach: <= 600)
 
 
 class StreamError(SvcError):
@@ -177,7 +178,8 @@ class StreamingConverter:
             self.silent_blocks += 1
             converted = np.zeros(len(window), dtype=np.float32)
         else:
-            converted = self._convert_window(window)
+            converted = self._convert_window(window, n + self.geometry.crossfade + self.geometry.search
+                                             + self.geometry.lookahead)
         g = self.geometry
         end = len(window) - g.lookahead
         return self.sola.join(converted[end - n - g.crossfade - g.search:end], n)
@@ -190,15 +192,17 @@ class StreamingConverter:
         loudest = float(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)).max())
         return 20 * math.log10(loudest + 1e-12) < self.settings.silence_threshold_db
 
-    def _convert_window(self, window: np.ndarray) -> np.ndarray:
-        """Convert the window at the model rate; the output is right-aligned with the window's newest sample."""
+    def _convert_window(self, window: np.ndarray, used: int) -> np.ndarray:
+        """Convert the window at the model rate; the output is right-aligned with the window's newest sample.
+        Only its last `used` samples are read (the decoder may skip the rest, see `Svc.convert_clip`)."""
         svc = self.svc
         wav = resample(window, self.settings.sample_rate, svc.target_sample)
         keep = len(wav) - len(wav) * self.geometry.context // (2 * len(window))
         drop = aligned_start(len(wav), svc.target_sample, svc.hop_length, keep)
         wav = wav[drop:]
         mix = self._mix_rows(window_start=self.consumed - len(window), drop=drop, n_frames=len(wav) // svc.hop_length)
-        out, _ = svc.convert_clip(wav, self.options, mix)
+        wanted = used * svc.target_sample // self.settings.sample_rate + RESAMPLER_MARGIN
+        out, _ = svc.convert_clip(wav, self.options, mix, keep=(max(len(wav) - wanted, 0), len(wav)))
         out = resample(out, svc.target_sample, self.settings.sample_rate)
         if len(out) >= len(window):
             return out[len(out) - len(window):]

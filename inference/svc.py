@@ -218,20 +218,32 @@ class Svc:
         vol = volume(torch.from_numpy(wav)[None].to(self.device), self.hop_length)[:, :n_frames]
         return ClipInputs(units, f0, uv, g, vol)
 
-    def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, torch.Tensor]:
-        """So-VITS (and shallow diffusion): -> (audio `[T * hop]`, the f0 used `[1, T]`)."""
+    def synthesize(self, x: ClipInputs, wav: np.ndarray, opts: ConversionOptions,
+                   frames: tuple[int, int] | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """So-VITS (and shallow diffusion): -> (audio `[T * hop]`, the f0 used `[1, T]`). `frames` = (start,
+        stop): only those frames' audio is wanted (the rest may come back as 0; see `_decodes_window`)."""
+        if not self._decodes_window(opts):
+            frames = None
         with torch.inference_mode(), self._autocast():
             audio, f0 = self.net_g.infer(x.units, x.f0, x.uv, g=x.g, noice_scale=opts.noice_scale,
                                          predict_f0=opts.auto_predict_f0, seed=opts.seed,
-                                         vol=x.vol if self.vol_embedding else None)
+                                         vol=x.vol if self.vol_embedding else None, frames=frames)
         audio = audio[0, 0].float().cpu().numpy()
         if self.diffusion is not None:
             audio = self.diffusion.refine(self, audio, x.units, f0, x.vol if self.vol_embedding else None, x.g, opts)
         return audio, f0
 
-    def convert_clip(self, wav: np.ndarray, opts: ConversionOptions,
-                     mix: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    def _decodes_window(self, opts: ConversionOptions) -> bool:
+        """Whether the decoder may skip the padding around a slice: on the ONNX Runtime paths (fp32 stays 4.1's
+        computation), where nothing after the decoder reads the padded audio (enhancer, diffusion, loudness
+        mix). The kept samples are the same up to float rounding; a padded 5 s slice decodes 0.6 s less."""
+        return (self.precision in ORT_PRECISIONS and self.enhancer is None and self.diffusion is None
+                and opts.loudness_envelope_adjustment == 1)
+
+    def convert_clip(self, wav: np.ndarray, opts: ConversionOptions, mix: np.ndarray | None = None,
+                     keep: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
         """Convert one clip `[N]` at the model rate. `mix`: per-frame speaker weights `[T, S]` (or None).
+        `keep` = (start, stop) samples: the caller keeps only those (the audio elsewhere may be 0).
 
         Returns (audio `[T * hop]` float32 at the model rate, number of frames T).
         """
@@ -239,7 +251,11 @@ class Svc:
         if len(wav) < self.hop_length:
             return np.zeros(len(wav), dtype=np.float32), 0
         inputs = self.clip_inputs(wav, opts, mix)
-        audio, f0 = self.synthesize(inputs, wav, opts)
+        frames = None
+        if keep is not None:
+            n_frames = inputs.f0.shape[1]
+            frames = (min(keep[0] // self.hop_length, n_frames), min(-(-keep[1] // self.hop_length), n_frames))
+        audio, f0 = self.synthesize(inputs, wav, opts, frames)
         if self.enhancer is not None:
             audio = self.enhancer.enhance(audio, self.target_sample, f0[0].cpu().numpy(), self.hop_length,
                                           opts.enhancer_adaptive_key)
@@ -316,7 +332,7 @@ class Svc:
             n = len(padded) // self.hop_length
             rows = np.clip(np.arange(first, first + n), 0, len(mix) - 1)
             piece_mix = mix[rows]
-        out, _ = self.convert_clip(padded, opts, piece_mix)
+        out, _ = self.convert_clip(padded, opts, piece_mix, keep=(pad, pad + len(wav)))
         return fit_length(out[pad:pad + len(wav)], len(wav))
 
 

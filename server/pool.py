@@ -114,7 +114,7 @@ def load_models(settings: ServerSettings) -> ModelPool:
         started = time.perf_counter()
         svc = Svc(spec.model_path, spec.config_path, device=settings.device,
                   cluster_model_path=spec.cluster_model_path, feature_retrieval=spec.feature_retrieval,
-                  pretrain_dir=settings.pretrain_dir)
+                  pretrain_dir=settings.pretrain_dir, precision=settings.precision)
         logger.info(f"model '{spec.name}' ({spec.model_path}) loaded in {time.perf_counter() - started:.1f} s "
                     f"on {svc.device}; speakers: {', '.join(svc.spk2id)}")
         loaded.append(LoadedModel(spec, svc, Path(settings.pretrain_dir)))

@@ -29,6 +29,7 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 def settings_from(args: argparse.Namespace) -> ServerSettings:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_seconds=args.max_seconds)
     return ServerSettings(model_specs(args), host=args.host, port=args.port, device=args.device,
+                          precision=args.precision,
                           pretrain_dir=Path(args.pretrain_dir), limits=limits)
 
 

@@ -34,5 +34,6 @@ class ServerSettings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     device: str | None = None
+    precision: str = "auto"             # inference.precision: fp32 is 4.1's computation
     pretrain_dir: Path = Path("pretrain")
     limits: Limits = field(default_factory=Limits)

@@ -219,6 +219,41 @@ def test_onnx_mode_source_and_decoder_match_sample_mode(model):
     torch.testing.assert_close(onnx, normal, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("vocoder", ["nsf-hifigan", "nsf-snake-hifigan"])
+def test_a_decoded_window_equals_the_whole_decode_there_and_its_context_bounds_the_reach(vocoder):
+    """`frames=(start, stop)` decodes those frames plus context_frames() each side: the same samples as a whole
+    decode (with per-frame speaker-mix conditioning too), zeros elsewhere; and no input frame beyond the
+    context changes the kept samples, while the one just inside the true reach does."""
+    model = small_model(vocoder_name=vocoder)
+    dec = model.dec
+    context = dec.context_frames()
+    assert context == {"nsf-hifigan": 16, "nsf-snake-hifigan": 41}[vocoder]  # 4.1's 44.1 kHz layout
+    frames, start, stop = 160, 70, 90
+    z = torch.randn(1, SMALL["inter_channels"], frames, generator=torch.Generator().manual_seed(4))
+    f0 = torch.full((1, frames), 220.0)
+    f0[:, 75:80] = 0
+    mix = torch.softmax(torch.randn(frames, 3, generator=torch.Generator().manual_seed(5)), dim=1)
+    kept = slice(start * HOP, stop * HOP)
+
+    def decode(z, g, window=None):
+        with torch.no_grad():
+            return dec(z, f0, g=g, generator=torch.Generator().manual_seed(9), frames=window)
+
+    for g in (model.speaker_embedding(torch.tensor([1])), model.speaker_embedding(mix)):
+        whole, window = decode(z, g), decode(z, g, (start, stop))
+        torch.testing.assert_close(window[..., kept], whole[..., kept], rtol=0, atol=1e-5)
+        assert window[..., :kept.start].abs().max() == 0 and window[..., kept.stop:].abs().max() == 0
+    g = model.speaker_embedding(torch.tensor([1]))
+    whole = decode(z, g)
+    far = z.clone()
+    far[..., :start - context] += 3
+    far[..., stop + context:] -= 3
+    torch.testing.assert_close(decode(far, g)[..., kept], whole[..., kept], rtol=0, atol=1e-6)
+    near = z.clone()
+    near[..., start - 2] += 3
+    assert (decode(near, g)[..., kept] - whole[..., kept]).abs().max() > 1e-5  # the probe does detect a reach
+
+
 def test_relative_position_skews_match_index_definition():
     length = 6
     rel = torch.randn(2, 2, length, 2 * length - 1)

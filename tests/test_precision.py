@@ -101,10 +101,15 @@ def test_unknown_precision_is_refused_in_one_line(model_dir):
         load(model_dir, "fp16")
 
 
-def test_inference_main_lists_the_choices(capsys):
-    from inference_main import build_parser
+@pytest.mark.parametrize("script", ["inference_main", "realtime", "flask_api", "webUI"])
+def test_every_converting_script_defaults_to_auto_and_lists_the_choices(script, capsys):
+    import importlib
+    build_parser = importlib.import_module(script).build_parser
+    required = ["-m", "G.pth", "-c", "config.json"] if script == "flask_api" else []
+    assert build_parser().parse_args(required).precision == "auto"
+    assert build_parser().parse_args([*required, "--precision", "fp32"]).precision == "fp32"
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--precision", "half"])
+        build_parser().parse_args([*required, "--precision", "half"])
     assert "invalid choice: 'half'" in capsys.readouterr().err
 
 

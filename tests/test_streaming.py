@@ -40,13 +40,23 @@ def needs_assets() -> None:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory):
-    from inference.svc import Svc
-
+def model_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     save_model(root)
     add_content_encoder(root)
-    return Svc(root / "G_1.pth", root / "config.json", device="cpu", pretrain_dir=root / "pretrain")
+    return root
+
+
+def load_svc(root, precision: str = "fp32"):
+    from inference.svc import Svc
+
+    return Svc(root / "G_1.pth", root / "config.json", device="cpu", pretrain_dir=root / "pretrain",
+               precision=precision)
+
+
+@pytest.fixture(scope="module")
+def svc(model_root):
+    return load_svc(model_root)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +93,7 @@ class EchoSvc:
     def speaker_id(self, speaker) -> int:
         return 0
 
-    def convert_clip(self, wav, options, mix=None):
+    def convert_clip(self, wav, options, mix=None, keep=None):
         self.clip_lengths.append(len(wav))
         frames = len(wav) // self.hop_length
         return wav[:frames * self.hop_length].copy(), frames
@@ -193,9 +203,9 @@ def test_stream_gives_the_model_its_context(svc, song, monkeypatch):
     lengths = []
     convert_clip = svc.convert_clip
 
-    def spy(wav, options, mix=None):
+    def spy(wav, options, mix=None, keep=None):
         lengths.append(len(wav))
-        return convert_clip(wav, options, mix)
+        return convert_clip(wav, options, mix, keep)
 
     monkeypatch.setattr(svc, "convert_clip", spy)
     converter = StreamingConverter(svc, ConversionOptions(speaker="alto", noice_scale=0.0),
@@ -204,6 +214,36 @@ def test_stream_gives_the_model_its_context(svc, song, monkeypatch):
     converter.process(song[:block])
     shortest = (0.5 + 0.1 + 0.05) * svc.target_sample - 12 * svc.hop_length
     assert lengths and lengths[0] >= shortest
+
+
+def test_on_onnx_runtime_the_decoder_skips_the_context_without_changing_the_stream(model_root, song,
+                                                                                       monkeypatch):
+    """The decoder runs only on what a block uses (plus its receptive field and the resampler's reach): the
+    same stream as decoding the whole window, at under half the decoded frames with 1 s of context."""
+    from inference.streaming import StreamingConverter, StreamSettings
+    from inference.svc import ConversionOptions
+
+    fast = load_svc(model_root, "onnx")
+    body = fast.net_g.dec.fast_body
+    decoded = []
+
+    def counting_body(x, excitation, g):
+        decoded.append(x.shape[2])
+        return body(x, excitation, g)
+
+    monkeypatch.setattr(fast.net_g.dec, "fast_body", counting_body)
+    blocks = [song[i:i + int(0.25 * RATE)] for i in range(0, int(1.5 * RATE), int(0.25 * RATE))]
+    outputs = {}
+    for windowed in (True, False):
+        monkeypatch.setattr(fast, "_decodes_window", lambda opts, windowed=windowed: windowed)
+        converter = StreamingConverter(fast, ConversionOptions(speaker="alto", noice_scale=0.0),
+                                       StreamSettings(RATE, context_seconds=1.0))
+        decoded.clear()
+        outputs[windowed] = (np.concatenate([converter.process(block) for block in blocks]), sum(decoded))
+    (window_out, window_frames), (whole_out, whole_frames) = outputs[True], outputs[False]
+    assert np.abs(whole_out).max() > 0.01
+    np.testing.assert_allclose(window_out, whole_out, atol=1e-4)
+    assert window_frames < 0.5 * whole_frames
 
 
 # ----- timing, silence and refusals on an echo model --------------------------------------------------

@@ -36,6 +36,7 @@ class WebSettings:
     config_dir: Path = Path("configs")
     export_dir: Path = Path("checkpoints")
     device: str | None = None
+    precision: str = "auto"  # inference.precision
     max_seconds: float = 600.0
 
 
@@ -113,7 +114,8 @@ def build_app(settings: WebSettings):
     """The gr.Blocks of the whole page."""
     import gradio as gr
 
-    converter = Converter(settings.pretrain_dir, settings.results_dir, settings.device, settings.max_seconds)
+    converter = Converter(settings.pretrain_dir, settings.results_dir, settings.device, settings.max_seconds,
+                          settings.precision)
     jobs = Jobs(Path.cwd())
     folders = catalog.model_folders(settings.logs_dir)
     first = folders[0] if folders else None

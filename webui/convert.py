@@ -98,7 +98,7 @@ def check_settings(settings: ConvertSettings) -> None:
 
 
 def script_args(choice: ModelChoice, settings: ConvertSettings, pretrain_dir: Path,
-                device: str | None) -> argparse.Namespace:
+                device: str | None, precision: str = "fp32") -> argparse.Namespace:
     """inference_main.py's flags for this form (the fields inference.preflight and convert_files read)."""
     diffusion = choice.diffusion
     shallow = settings.shallow_diffusion and diffusion is not None
@@ -114,7 +114,8 @@ def script_args(choice: ModelChoice, settings: ConvertSettings, pretrain_dir: Pa
         f0_filter_threshold=settings.f0_filter_threshold, enhancer_adaptive_key=settings.enhancer_adaptive_key,
         loudness_envelope_adjustment=settings.loudness_envelope_adjustment, slice_db=settings.slice_db,
         pad_seconds=settings.pad_seconds, clip=settings.clip, linear_gradient=settings.linear_gradient,
-        linear_gradient_retain=settings.linear_gradient_retain, max_slice_seconds=30.0)
+        linear_gradient_retain=settings.linear_gradient_retain, max_slice_seconds=30.0,
+        precision=precision)
 
 
 def parse_speaker_mix(text: str, spk2id: dict[str, int]) -> Timeline | None:
@@ -163,11 +164,12 @@ class Converter:
     """Keeps one loaded Svc (the last one asked for) and converts with it, one conversion at a time."""
 
     def __init__(self, pretrain_dir: Path, results_dir: Path, device: str | None = None,
-                 max_seconds: float = 600.0):
+                 max_seconds: float = 600.0, precision: str = "fp32"):
         self.pretrain_dir = Path(pretrain_dir)
         self.results_dir = Path(results_dir)
         self.device = device
         self.max_seconds = max_seconds
+        self.precision = precision
         self._lock = threading.Lock()
         self._loaded: tuple[tuple, Svc] | None = None
 
@@ -178,7 +180,7 @@ class Converter:
         if settings.shallow_diffusion and choice.diffusion is None:
             raise ConfigError("shallow diffusion needs a diffusion model: train one with train_diff.py "
                               "(its model_<step>.pt and config.yaml go to <model folder>/diffusion/)")
-        args = script_args(choice, settings, self.pretrain_dir, self.device)
+        args = script_args(choice, settings, self.pretrain_dir, self.device, self.precision)
         facts = model_facts(args)
         if not facts.spk2id:
             raise ConfigError(f"config {choice.config_path.name} lists no speakers (spk)")
