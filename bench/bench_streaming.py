@@ -9,6 +9,7 @@ would have: block + lookahead + crossfade + half the SOLA search + compute (medi
 meaningless audio but the same work as a trained model.
 
 Usage: .venv/bin/python bench/bench_streaming.py [--blocks 6] [--context 1.0] [--threads N] [--f0 pm fcpe]
+       [--precision auto|fp32|onnx|int8]
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class BlockTiming:
         return self.p90 < self.block
 
 
-def build_svc(root: Path) -> Svc:
+def build_svc(root: Path, precision: str) -> Svc:
     torch.manual_seed(0)
     pretrain = root / "pretrain"
     pretrain.mkdir()
@@ -63,7 +64,7 @@ def build_svc(root: Path) -> Svc:
     save_config(config, root / "config.json")
     from models import SynthesizerTrn
     torch.save({"model": SynthesizerTrn.from_config(config).state_dict(), "iteration": 0}, root / "G_0.pth")
-    return Svc(root / "G_0.pth", root / "config.json", device="cpu", pretrain_dir=pretrain)
+    return Svc(root / "G_0.pth", root / "config.json", device="cpu", pretrain_dir=pretrain, precision=precision)
 
 
 def time_blocks(svc: Svc, audio: np.ndarray, predictor: str, block: float, blocks: int,
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--lookahead", type=float, default=0.0, help="lookahead in seconds")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--f0", nargs="+", default=["pm", "fcpe"], help="f0 predictors to time")
+    parser.add_argument("--precision", default="auto", help="Svc precision as realtime.py's (default auto)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,10 +113,10 @@ def main() -> None:
     audio = test_signal(12.0, RATE)
     audio = audio[audio != 0] if (audio != 0).any() else audio
     with tempfile.TemporaryDirectory() as folder:
-        svc = build_svc(Path(folder))
+        svc = build_svc(Path(folder), args.precision)
         print(f"demo-size model, random weights; torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"{RATE} Hz, context {args.context:g} s, lookahead {args.lookahead:g} s, crossfade "
-              f"{settings.crossfade_seconds:g} s, SOLA search {settings.sola_search_seconds:g} s")
+              f"{settings.crossfade_seconds:g} s, SOLA search {settings.sola_search_seconds:g} s, precision {svc.precision}")
         for predictor in args.f0:
             try:
                 timings = [time_blocks(svc, audio, predictor, block, args.blocks, settings) for block in BLOCK_SIZES]
