@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from core.errors import run_cli
-from inference.precision import PRECISION_HELP, PRECISIONS
+from inference.precision import PRECISION_HELP, PRECISIONS, check_device_type
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -45,6 +45,8 @@ def main() -> None:
         parser.error("--port must lie within 1..65535")
     if args.max_seconds <= 0:
         parser.error("--max_seconds must be positive")
+    if args.device:
+        check_device_type(args.precision, args.device.split(":")[0])
     from webui.app import WebSettings, serve
 
     settings = WebSettings(logs_dir=args.logs_dir, pretrain_dir=args.pretrain_dir, results_dir=args.results_dir,

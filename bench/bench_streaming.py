@@ -9,7 +9,7 @@ would have: block + lookahead + crossfade + half the SOLA search + compute (medi
 meaningless audio but the same work as a trained model.
 
 Usage: .venv/bin/python bench/bench_streaming.py [--blocks 6] [--context 1.0] [--threads N] [--f0 pm fcpe]
-       [--precision auto|fp32|onnx|int8]
+       [--precision auto|fp32|onnx|int8|bf16]
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from bench_infer import test_signal, write_contentvec  # noqa: E402
 from core.config import load_template, save_config  # noqa: E402
 from core.errors import SvcError, run_cli  # noqa: E402
 from demo import DEMO_CONFIG  # noqa: E402
+from inference.precision import PRECISIONS  # noqa: E402
 from inference.streaming import StreamingConverter, StreamSettings  # noqa: E402
 from inference.svc import ConversionOptions, Svc  # noqa: E402
 
@@ -104,7 +105,8 @@ def main() -> None:
     parser.add_argument("--lookahead", type=float, default=0.0, help="lookahead in seconds")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--f0", nargs="+", default=["pm", "fcpe"], help="f0 predictors to time")
-    parser.add_argument("--precision", default="auto", help="Svc precision as realtime.py's (default auto)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="Svc precision as realtime.py's (default auto)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,7 +118,8 @@ def main() -> None:
         svc = build_svc(Path(folder), args.precision)
         print(f"demo-size model, random weights; torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"{RATE} Hz, context {args.context:g} s, lookahead {args.lookahead:g} s, crossfade "
-              f"{settings.crossfade_seconds:g} s, SOLA search {settings.sola_search_seconds:g} s, precision {svc.precision}")
+              f"{settings.crossfade_seconds:g} s, SOLA search {settings.sola_search_seconds:g} s, "
+              f"precision {svc.precision}")
         for predictor in args.f0:
             try:
                 timings = [time_blocks(svc, audio, predictor, block, args.blocks, settings) for block in BLOCK_SIZES]

@@ -54,6 +54,12 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def check_device_type(requested: str, device_type: str) -> None:
+    """Refuse a CPU-only precision on another kind of device (callable before anything is loaded)."""
+    if requested in ORT_PRECISIONS and device_type != "cpu":
+        raise SvcError(f"--precision {requested} runs on the CPU only; use fp32 or bf16 on {device_type}")
+
+
 def native_bf16(device: torch.device) -> bool:
     """True where bfloat16 matrix arithmetic runs in hardware on `device`."""
     import torch
@@ -74,8 +80,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         logger.warning(f"--precision bf16: this {device.type} has no native bfloat16 arithmetic, so bf16 is "
                        f"emulated and slower than fp32")
     if requested in ORT_PRECISIONS:
-        if device.type != "cpu":
-            raise SvcError(f"--precision {requested} runs on the CPU only; use fp32 or bf16 on {device.type}")
+        check_device_type(requested, device.type)
         if not onnxruntime_available():
             raise SvcError(f"--precision {requested} needs onnxruntime (pip install -r requirements.txt)")
     return requested

@@ -113,6 +113,17 @@ def test_every_converting_script_defaults_to_auto_and_lists_the_choices(script, 
     assert "invalid choice: 'half'" in capsys.readouterr().err
 
 
+def test_web_ui_refuses_a_cpu_only_precision_on_cuda_before_starting():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    result = subprocess.run([sys.executable, str(REPO / "webUI.py"), "--precision", "int8", "-d", "cuda:1"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--precision int8 runs on the CPU only; use fp32 or bf16 on cuda" in result.stderr
+
+
 def test_auto_picks_int8_on_a_cpu_and_bf16_warns_without_native_support(monkeypatch):
     import inference.precision as precision
     assert resolve_precision("auto", torch.device("cpu")) == "int8"
