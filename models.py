@@ -22,7 +22,7 @@ import torch.nn as nn
 from loguru import logger
 
 from modules.attentions import Encoder as TransformerEncoder
-from modules.commons import rand_slice_segments_with_pitch, randn_like, sequence_mask
+from modules.commons import SkipRandomInit, rand_slice_segments_with_pitch, randn_like, sequence_mask
 from modules.discriminator import MultiPeriodDiscriminator
 from core.checkpoint import LoadReport, load_weights, state_dict_of
 from core.dsp import f0_to_coarse
@@ -185,13 +185,22 @@ class SynthesizerTrn(nn.Module):
         self.enc_p = TextEncoder(cfg.inter_channels, cfg.hidden_channels, cfg.filter_channels, cfg.n_heads,
                                  cfg.n_layers, cfg.kernel_size, cfg.p_dropout)
         self.dec = build_decoder(cfg)
-        self.enc_q = PosteriorEncoder(cfg.spec_channels, cfg.inter_channels, cfg.hidden_channels, 5, 1,
-                                      POSTERIOR_WN_LAYERS, cfg.gin_channels, cfg.use_depthwise_conv)
+        self.enc_q = self.build_part("enc_q", cfg)
         self.flow = self._build_flow(cfg)
         if cfg.use_automatic_f0_prediction:
-            self.f0_decoder = F0Decoder(1, cfg.hidden_channels, cfg.filter_channels, cfg.n_heads, cfg.n_layers,
-                                        cfg.kernel_size, cfg.p_dropout, spk_channels=cfg.gin_channels)
+            self.f0_decoder = self.build_part("f0_decoder", cfg)
         self.emb_uv = nn.Embedding(2, cfg.hidden_channels)
+
+    @staticmethod
+    def build_part(name: str, cfg: SynthesizerConfig) -> nn.Module:
+        """A freshly initialised part a checkpoint may lack: "enc_q" (compressed models) or "f0_decoder"."""
+        if name == "enc_q":
+            return PosteriorEncoder(cfg.spec_channels, cfg.inter_channels, cfg.hidden_channels, 5, 1,
+                                    POSTERIOR_WN_LAYERS, cfg.gin_channels, cfg.use_depthwise_conv)
+        if name == "f0_decoder":
+            return F0Decoder(1, cfg.hidden_channels, cfg.filter_channels, cfg.n_heads, cfg.n_layers,
+                             cfg.kernel_size, cfg.p_dropout, spk_channels=cfg.gin_channels)
+        raise ValueError(f"no optional part {name!r}")
 
     @staticmethod
     def _build_flow(cfg: SynthesizerConfig) -> nn.Module:
@@ -309,3 +318,17 @@ def load_generator_weights(model: nn.Module, state_dict: Mapping[str, torch.Tens
     """
     return load_weights(model, state_dict_of(state_dict), allow_missing=tuple(optional_prefixes),
                         reinit_mismatched=tuple(reinit_mismatched), describe=LoadReport.listing)
+
+
+def generator_for_weights(hps: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *,
+                          optional_prefixes: Sequence[str] = ("enc_q.",)) -> tuple[SynthesizerTrn, LoadReport]:
+    """`SynthesizerTrn.from_config(hps)` holding `state_dict` (loaded as `load_generator_weights` does), built
+    without drawing the random initial weights the load replaces (half of a default-size model's 1 s build).
+    An optional part the file lacks is built again with its usual random weights, as the plain build has it."""
+    with SkipRandomInit():
+        model = SynthesizerTrn.from_config(hps)
+    report = load_generator_weights(model, state_dict, optional_prefixes=optional_prefixes)
+    for prefix in report.skipped_prefixes:
+        name = prefix.rstrip(".")
+        setattr(model, name, SynthesizerTrn.build_part(name, model.config))
+    return model, report

@@ -245,8 +245,9 @@ def state_dict_of(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
-    """The weights of a generator file: a 4.1 `G_*.pth` / release `model.pth`, or a bare state dict."""
-    state = safe_torch_load(path, map_location="cpu")
+    """The weights of a generator file: a 4.1 `G_*.pth` / release `model.pth`, or a bare state dict (memory-
+    mapped: a training checkpoint's optimizer state, twice the size of the weights, is never read)."""
+    state = safe_torch_load(path, map_location="cpu", mmap=True)
     if not isinstance(state, Mapping):
         raise SvcError(f"{path} is not a So-VITS checkpoint (no 'model' state dict)")
     return state_dict_of(state)

@@ -9,6 +9,7 @@ import contextlib
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -65,8 +66,11 @@ class NotACheckpointError(SvcError):
     """A file given as a checkpoint is something else (text, a web page, an LFS pointer, an archive ...)."""
 
 
-def safe_torch_load(path: str | os.PathLike, map_location: "str | torch.device" = "cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike, map_location: "str | torch.device" = "cpu", mmap: bool = False) -> Any:
     """torch.load that never executes code from the file (weights_only=True).
+
+    `mmap`: map a zip-format file's tensors instead of reading them (a tensor's bytes are read when it is
+    used, so a checkpoint's optimizer state that is never used is never read); older files are read whole.
 
     A file that is plainly something else (empty, text, HTML, JSON, a git-LFS pointer, an archive) is
     refused with a NotACheckpointError saying what it looks like. A file that needs anything beyond
@@ -84,7 +88,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: "str | torch.device" 
     if looks_like is not None:
         raise NotACheckpointError(f"{path} is not a checkpoint ({looks_like})")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True,
+                          mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         if not _refused_by_weights_only(error):
             raise SvcError(f"cannot read {path}: {_first_line(error)} (a truncated or damaged file?)") from None

@@ -7,6 +7,7 @@ refusal came before.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import pickle
 import re
@@ -209,13 +210,14 @@ def test_real_checkpoints_still_load(tmp_path):
     weights = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "iteration": 7}
     torch.save(weights, tmp_path / "zip.pth")
     torch.save(weights, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
-    for name in ("zip.pth", "legacy.pth"):
-        loaded = safe_torch_load(tmp_path / name)
+    for name, mmap in itertools.product(("zip.pth", "legacy.pth"), (False, True)):
+        loaded = safe_torch_load(tmp_path / name, mmap=mmap)
         assert loaded["iteration"] == 7 and torch.equal(loaded["model"]["w"], weights["model"]["w"])
     truncated = tmp_path / "cut.pth"
     truncated.write_bytes((tmp_path / "zip.pth").read_bytes()[:300])
-    with pytest.raises(SvcError, match=r"cannot read .*\(a truncated or damaged file\?\)"):
-        safe_torch_load(truncated)
+    for mmap in (False, True):
+        with pytest.raises(SvcError, match=r"cannot read .*\(a truncated or damaged file\?\)"):
+            safe_torch_load(truncated, mmap=mmap)
 
 
 def test_lfs_pointer_as_model_is_one_line(workdir):

@@ -9,12 +9,14 @@ import warnings
 import pytest
 import torch
 
-from models import (MultiPeriodDiscriminator, SynthesizerConfig, SynthesizerTrn, load_generator_weights)
+from models import (MultiPeriodDiscriminator, SynthesizerConfig, SynthesizerTrn, generator_for_weights,
+                    load_generator_weights)
 from modules.attentions import (MultiHeadAttention, absolute_to_band, absolute_to_relative, band_to_absolute,
                                 relative_to_absolute)
 from core.config import load_template
 from core.dsp import f0_to_coarse
 from core.errors import SvcError
+from modules.commons import SkipRandomInit
 from modules.f0_decoder import F0NormalizationError, f0_to_lf0, lf0_to_f0, normalize_f0
 from core.fileio import safe_torch_load, torch_save
 from modules.flows import WN, DepthwiseSeparableConv1d, ResidualCouplingBlock, TransformerCouplingBlock
@@ -29,6 +31,8 @@ SMALL = dict(inter_channels=8, hidden_channels=16, filter_channels=32, n_heads=2
              n_speakers=3, n_layers_q=3, speech_encoder="vec768l12", use_spectral_norm=False)
 SPEC_CHANNELS = 33
 SEGMENT = 4
+SMALL_HPS = {"data": {"filter_length": 2 * (SPEC_CHANNELS - 1), "hop_length": HOP},
+             "train": {"segment_size": SEGMENT * HOP}, "model": SMALL}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one torch thread
@@ -374,6 +378,40 @@ def test_compressed_checkpoint_without_enc_q_loads_for_inference(model):
     audio, _ = fresh.infer(c, f0, uv, g=torch.tensor([0]))
     reference, _ = model.infer(c, f0, uv, g=torch.tensor([0]))
     torch.testing.assert_close(audio, reference, rtol=0, atol=5e-2)  # fp16-rounded weights
+
+
+def test_a_generator_built_for_its_weights_equals_one_built_and_then_loaded(model):
+    built, report = generator_for_weights(SMALL_HPS, {"model": model.state_dict(), "iteration": 3})
+    assert report.complete and list(built.state_dict()) == list(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), model.state_dict().values()))
+    c, f0, uv = inputs()
+    assert torch.equal(built.eval().infer(c, f0, uv, g=torch.tensor([1]))[0],
+                       model.infer(c, f0, uv, g=torch.tensor([1]))[0])
+
+
+def test_a_part_the_file_lacks_gets_its_usual_random_weights(model):
+    compressed = {k: v for k, v in model.state_dict().items() if not k.startswith("enc_q.")}
+    built, report = generator_for_weights(SMALL_HPS, compressed, optional_prefixes=("enc_q.",))
+    assert report.skipped_prefixes == ["enc_q."]
+    enc_q = dict(built.enc_q.named_parameters())
+    assert all(p.abs().sum() > 0 for name, p in enc_q.items() if not name.endswith("bias")), "not drawn"
+    built.remove_weight_norm()
+    assert all(torch.isfinite(p).all() for p in built.parameters())
+    c, f0, uv = inputs()
+    assert torch.equal(built.eval().infer(c, f0, uv)[0], model.infer(c, f0, uv)[0])
+
+
+def test_skip_random_init_fills_zeros_in_its_own_thread_only():
+    import threading
+
+    other = {}
+    with SkipRandomInit():
+        layer = torch.nn.Conv1d(4, 4, 3)
+        thread = threading.Thread(target=lambda: other.update(layer=torch.nn.Conv1d(4, 4, 3)))
+        thread.start()
+        thread.join()
+    assert not layer.weight.any() and not layer.bias.any()
+    assert other["layer"].weight.abs().min() > 0
 
 
 def test_load_reports_bad_keys_clearly(model):

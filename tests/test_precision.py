@@ -82,18 +82,38 @@ def test_int8_stays_below_the_seed_to_seed_distance_on_real_recordings(model_dir
 @pytest.mark.shared
 def test_graphs_are_cached_by_the_weights_and_rebuilt_when_damaged(model_dir, cache, one_thread):
     first = load(model_dir, "int8")
-    files = sorted(p.name for p in cache.iterdir())
-    assert [name.split("-")[0] + "-" + name.split("-")[-1] for name in files] == [
-        "decoder-int8.onnx", "decoder-onnx.onnx", "encoder-onnx.onnx"]
+    files = sorted(p.name for p in cache.glob("*.onnx*"))
+    assert [name.split("-")[0] + "-" + name.split("-", 3)[-1] for name in files] == [
+        "decoder-int8.onnx", "decoder-onnx.onnx", "encoder-onnx.onnx", "encoder-onnx.onnx.data"]
+    assert (cache / files[2]).stat().st_size < (cache / files[3]).stat().st_size  # the weights beside the graph
+    assert len(list((cache / "digests").iterdir())) == 1  # the encoder file's digest, remembered
     stamps = {name: (cache / name).stat().st_mtime_ns for name in files}
     load(model_dir, "int8")
     assert {name: (cache / name).stat().st_mtime_ns for name in files} == stamps  # reused, not rebuilt
-    for name in (files[0], files[2]):
+    for name in (files[0], files[3]):
         (cache / name).write_bytes(b"not a graph")
     out = load(model_dir, "int8").convert(tone(1.0), 44100, ConversionOptions(speaker="alto"))
     assert all((cache / name).stat().st_size > 1000 for name in files)
     assert np.isfinite(out).all() and np.abs(out).max() > 0
     assert first.precision == "int8" and isinstance(first.encoder, OrtEncoder)
+
+
+def test_an_encoder_weight_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from core.onnx_cache import file_digest
+    weights = tmp_path / "encoder.pt"
+    weights.write_bytes(b"weights" * 1000)
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda data=b"": hashed.append(data) or real(data))
+    first = file_digest(weights, 2, tmp_path / "cache")
+    assert first == real(b"v2" + b"weights" * 1000).hexdigest()
+    reads = len(hashed)
+    assert file_digest(weights, 2, tmp_path / "cache") == first and len(hashed) == reads + 1  # the key only
+    weights.write_bytes(b"other!!" * 1000)
+    assert file_digest(weights, 2, tmp_path / "cache") == real(b"v2" + b"other!!" * 1000).hexdigest()
+    assert file_digest(weights, 3, tmp_path / "cache") != file_digest(weights, 2, tmp_path / "cache")
 
 
 def test_unknown_precision_is_refused_in_one_line(model_dir):
@@ -167,7 +187,7 @@ def test_an_encoder_that_fails_to_export_runs_in_torch_with_a_warning(model_dir,
     monkeypatch.setattr(ort_encoder.logger, "warning", warnings.append)
     monkeypatch.setenv("SVC_CACHE_DIR", str(tmp_path))
     encoder = ort_encoder.speech_encoder("vec768l12", "cpu", model_dir / "pretrain", onnx=True)
-    assert type(encoder) is ContentVec768L12 and list(tmp_path.iterdir()) == []
+    assert type(encoder) is ContentVec768L12 and list(tmp_path.glob("*.onnx*")) == []  # no graph left behind
     assert warnings == ["the speech encoder vec768l12 could not be prepared for ONNX Runtime "
                         "(RuntimeError: unsupported operator); it runs in torch"]
     assert type(ort_encoder.speech_encoder("vec768l12", "cpu", model_dir / "pretrain", onnx=False)) is ContentVec768L12

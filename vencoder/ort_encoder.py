@@ -7,12 +7,14 @@ torch's up to float rounding (relative difference ~1e-6). Encoders whose class s
 HuBERT family: vec768l12, vec256l9, cnhubertlarge) can run here; the others stay in torch.
 
 The graph is exported once per weight file and cached as `<cache>/encoder-<name>-<sha256 of the file>-onnx.onnx`
-(core.onnx_cache). With the graph cached, the torch model is never built: loading is quicker and the weights
+with its weights in `<that name>.data` (core.onnx_cache). With the graph cached, the torch model is never built: loading is quicker and the weights
 are held once.
 """
 from __future__ import annotations
 
-import hashlib
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,14 +22,13 @@ import torch
 from loguru import logger
 
 from core.errors import SvcError
-from core.fileio import atomic_path
-from core.onnx_cache import as_numpy, cache_dir, cached_session
+from core.onnx_cache import as_numpy, cache_dir, cached_session, file_digest
 from core.pretrained import require_pretrained
 from core.registry import encoder_record
 from vencoder import encoder_class, get_speech_encoder
 from vencoder.encoder import SpeechEncoder
 
-FORMAT_VERSION = 1  # bump when the exported graph changes, so old cache files are not used
+FORMAT_VERSION = 2  # bump when the exported graph changes, so old cache files are not used
 OPSET = 17
 TRACE_SAMPLES = 16000  # one second at 16 kHz; the sample axis is dynamic
 
@@ -71,24 +72,29 @@ def load_ort_encoder(name: str, pretrain_dir: str | Path, threads: int | None = 
         logger.info(f"exporting the speech encoder {name} to ONNX once for this weight file ({graph.name})")
         export_encoder(get_speech_encoder(name, "cpu", pretrain_dir).traceable(), graph)
 
-    graph = folder / f"encoder-{name}-{file_digest(path)[:32]}-onnx.onnx"
+    graph = folder / f"encoder-{name}-{file_digest(path, FORMAT_VERSION, folder)[:32]}-onnx.onnx"
     return OrtEncoder(name, path, graph, cached_session(graph, threads or torch.get_num_threads(), export))
 
 
-def file_digest(path: Path) -> str:
-    """sha256 over the graph format version and the weight file's bytes (the cache key)."""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_encoder(module: torch.nn.Module, path: Path) -> None:
-    """Trace `module` (a CPU module: wav `[1, N]` -> `[1, D, T]`, N dynamic) and write the graph atomically."""
+    """Trace `module` (a CPU module: wav `[1, N]` -> `[1, D, T]`, N dynamic) and write the graph to `path`, its
+    weights beside it in `<path>.data` (ONNX external data: a session reads them 0.1-0.2 s quicker than from
+    inside the graph), the weights first and the graph last, each renamed into place whole."""
+    import onnx
+
     example = torch.randn(1, TRACE_SAMPLES, generator=torch.Generator().manual_seed(0)) * 0.1
     axes = {"wav": {1: "samples"}, "features": {2: "frames"}}
-    with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (example,), str(tmp), input_names=["wav"], output_names=["features"],
-                          dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work:
+        traced = Path(work) / "traced.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (example,), str(traced), input_names=["wav"],
+                              output_names=["features"], dynamic_axes=axes, opset_version=OPSET,
+                              do_constant_folding=True, dynamo=False)
+        staged = Path(work) / path.name
+        onnx.save_model(onnx.load(str(traced)), str(staged), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=f"{path.name}.data", size_threshold=1024)
+        weights = Path(work) / f"{path.name}.data"
+        shutil.copymode(staged, weights)  # onnx writes the weights owner-only
+        os.replace(weights, path.parent / weights.name)
+        os.replace(staged, path)
