@@ -7,8 +7,8 @@ torch's up to float rounding (relative difference ~1e-6). Encoders whose class s
 HuBERT family: vec768l12, vec256l9, cnhubertlarge) can run here; the others stay in torch.
 
 The graph is exported once per weight file and cached as `<cache>/encoder-<name>-<sha256 of the file>-onnx.onnx`
-with its weights in `<that name>.data` (core.onnx_cache). With the graph cached, the torch model is never built: loading is quicker and the weights
-are held once.
+with its weights in `<that name>.data` (core.onnx_cache). With the graph cached, the torch model is never built:
+loading is quicker and the weights are held once.
 """
 from __future__ import annotations
 
