@@ -55,7 +55,7 @@ def file_digest(path: Path, version: int, folder: Path | None = None) -> str:
         known = memo.read_text().strip()
         if len(known) == 64 and all(c in "0123456789abcdef" for c in known):
             return known
-    except OSError:
+    except (OSError, ValueError):  # absent, unreadable or not text: hashed again below and rewritten
         pass
     digest = hashlib.sha256(f"v{version}".encode())
     with open(path, "rb") as file:

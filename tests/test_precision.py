@@ -111,6 +111,10 @@ def test_an_encoder_weight_file_is_hashed_once_until_it_changes(tmp_path, monkey
     assert first == real(b"v2" + b"weights" * 1000).hexdigest()
     reads = len(hashed)
     assert file_digest(weights, 2, tmp_path / "cache") == first and len(hashed) == reads + 1  # the key only
+    for memo in (tmp_path / "cache" / "digests").iterdir():
+        memo.write_bytes(b"\xff\xfe damaged")
+    assert file_digest(weights, 2, tmp_path / "cache") == first and len(hashed) > reads + 1  # hashed again
+    assert file_digest(weights, 2, tmp_path / "cache") == first  # and remembered again
     weights.write_bytes(b"other!!" * 1000)
     assert file_digest(weights, 2, tmp_path / "cache") == real(b"v2" + b"other!!" * 1000).hexdigest()
     assert file_digest(weights, 3, tmp_path / "cache") != file_digest(weights, 2, tmp_path / "cache")
