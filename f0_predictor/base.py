@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from core.audio import resample
 from core.errors import AudioError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class F0Predictor(ABC):
@@ -65,6 +68,8 @@ class F0Predictor(ABC):
 
 def pick_device(device: str | None) -> torch.device:
     """The requested device, or CUDA when available and none was requested."""
+    import torch
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
@@ -94,6 +99,8 @@ def resample_ceil(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 def resize_nearest(f0: np.ndarray, p_len: int) -> np.ndarray:
     """Nearest-neighbour resize to `p_len` frames with torch's index rule (source index
     floor(i * len / p_len) in float32), as the reference's `F.interpolate(mode='nearest')`."""
+    import torch
+
     track = torch.as_tensor(np.asarray(f0, dtype=np.float32))[None, None]  # [1, 1, T]
     if track.shape[-1] == 0:
         return np.zeros(p_len, dtype=np.float32)

@@ -21,66 +21,29 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 from loguru import logger
 
 from core import dsp
-from core.audio import load_audio, resample
-from core.errors import AudioError, SvcError
+from core.audio import resample
+from core.errors import SvcError
 from core.feature_io import FeatureFileError, read_feature
 from core.fileio import np_save, torch_save
 from core.onnx_cache import onnxruntime_available
+from preprocess.feature_files import FeatureSettings, f0_value, feature_paths, list_wavs, load_training_audio
+
+if TYPE_CHECKING:
+    from preprocess.f0_ahead import F0Ahead
 
 ENCODER_SR = 16000
 ENCODER_PRECISIONS = ("auto", "fp32", "onnx")
-SILENCE_PEAK = 1e-5          # below one 16-bit step: the file holds no signal
 AUG_KEYSHIFT = 5.0           # keyshift ~ U(-5, 5) semitones
 AUG_MIN_LOG10_GAIN = -1.0    # volume scale 10^s, s ~ U(-1, min(1, log10(1 / peak)))
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """Everything that decides the features of a file (plain values, so it travels to worker processes)."""
-    speech_encoder: str = "vec768l12"
-    f0_predictor: str = "rmvpe"
-    sampling_rate: int = 44100
-    hop_length: int = 512
-    filter_length: int = 2048
-    win_length: int = 2048
-    write_volume: bool = False          # use_diff or model.vol_embedding
-    use_diff: bool = False              # mel, aug_mel, aug_vol
-    vocoder_config: str | None = None   # NSF-HiFiGAN config.json for the mel; None: 44.1 kHz/128-bin default
-    pretrain_dir: str = "pretrain"
-    f0_threshold: float = 0.05
-    precision: str = "fp32"             # the speech encoder's arithmetic: fp32 (torch), onnx, auto (see below)
-
-    @property
-    def min_samples(self) -> int:
-        """Shorter files are refused: the spectrogram's reflect padding and the encoder need this much."""
-        return self.filter_length
-
-
-def feature_paths(wav: Path, settings: FeatureSettings) -> dict[str, Path]:
-    """Output name -> path for `wav`, only the outputs these settings produce."""
-    wav = Path(wav)
-    paths = {
-        "soft": wav.with_name(wav.name + ".soft.pt"),
-        "f0": wav.with_name(wav.name + ".f0.npy"),
-        "spec": wav.with_suffix(".spec.pt"),  # 4.1 replaces .wav here instead of appending
-    }
-    if settings.write_volume or settings.use_diff:
-        paths["vol"] = wav.with_name(wav.name + ".vol.npy")
-    if settings.use_diff:
-        paths["mel"] = wav.with_name(wav.name + ".mel.npy")
-        paths["aug_mel"] = wav.with_name(wav.name + ".aug_mel.npy")
-        paths["aug_vol"] = wav.with_name(wav.name + ".aug_vol.npy")
-    return paths
 
 
 def file_seed(relative_name: str) -> int:
@@ -147,30 +110,21 @@ class FeatureExtractor:
 
     def load(self, wav: Path) -> np.ndarray:
         """Read `wav` at the model rate and refuse audio that cannot give features (AudioError)."""
-        audio, _ = load_audio(wav, sr=self.settings.sampling_rate)
-        if len(audio) < self.settings.min_samples:
-            raise AudioError(f"{wav} is too short ({len(audio)} samples; at least "
-                             f"{self.settings.min_samples} at {self.settings.sampling_rate} Hz are needed)")
-        if float(np.abs(audio).max()) < SILENCE_PEAK:
-            raise AudioError(f"{wav} is silent")
-        return audio
+        return load_training_audio(wav, self.settings)
 
     def compute(self, audio: np.ndarray, kinds: list[str] | tuple[str, ...], seed: int) -> dict[str, Any]:
         """audio float32 `[N]` at the model rate -> {output kind: value as written to disk}.
 
-        The f0 runs in a second thread meanwhile: the WORLD and Parselmouth predictors use one core and
-        release the GIL, so they overlap the speech encoder instead of following it."""
+        One after the other: an f0 thread beside the speech encoder slows the encoder's threads by more than it
+        saves on two cores (preprocess.f0_ahead runs the f0 ahead while the encoder loads instead)."""
         steps: dict[str, Callable[[], Any]] = {
             "soft": lambda: self.units(audio),
+            "f0": lambda: self.f0(audio),
             "spec": lambda: self.spectrogram(audio),
             "vol": lambda: self.volume(audio),
             "mel": lambda: self.mel(audio),
         }
-        with ThreadPoolExecutor(1) as side:
-            f0 = side.submit(self.f0, audio) if "f0" in kinds else None
-            values = {kind: steps[kind]() for kind in kinds if kind in steps}
-            if f0 is not None:
-                values["f0"] = f0.result()
+        values = {kind: steps[kind]() for kind in kinds if kind in steps}
         if "aug_mel" in kinds or "aug_vol" in kinds:
             aug_mel, aug_vol = self.augmented(audio, seed)
             values.update({kind: value for kind, value in (("aug_mel", aug_mel), ("aug_vol", aug_vol))
@@ -186,8 +140,7 @@ class FeatureExtractor:
 
     def f0(self, audio: np.ndarray) -> np.ndarray:
         """-> object array `(2, T)` of (f0, uv), as 4.1 saves it."""
-        f0, uv = self.f0_predictor.compute_f0_uv(audio)
-        return np.asanyarray((np.asarray(f0, dtype=np.float64), np.asarray(uv, dtype=np.float64)), dtype=object)
+        return f0_value(self.f0_predictor, audio)
 
     def spectrogram(self, audio: np.ndarray) -> torch.Tensor:
         """-> float32 `[n_fft // 2 + 1, T]`."""
@@ -279,11 +232,6 @@ class BatchResult:
         self.failed = self.failed or []
 
 
-def list_wavs(in_dir: Path) -> list[Path]:
-    """Every `*.wav` inside the speaker folders of `in_dir` (nested folders included), sorted."""
-    return sorted(p for p in Path(in_dir).glob("*/**/*.wav") if p.is_file() and not p.name.startswith("."))
-
-
 def worker_device(rank: int, requested: str | None) -> str:
     """Worker k uses GPU k mod n when CUDA is there (unless a device index was asked for), else `requested`/cpu."""
     if torch.cuda.is_available() and (requested is None or requested == "cuda"):
@@ -292,12 +240,13 @@ def worker_device(rank: int, requested: str | None) -> str:
 
 
 def run_batch(in_dir: Path, settings: FeatureSettings, num_processes: int = 1, device: str | None = None,
-              progress: bool = True) -> BatchResult:
+              progress: bool = True, f0_ahead: F0Ahead | None = None) -> BatchResult:
     """Write the features of every wav under `in_dir` that lacks them; bad files are reported, not fatal.
 
     num_processes 0 means os.cpu_count(); 1 runs in this process; more use spawned workers, each
     loading its models once. Raises SvcError only for problems that stop every file (no wav found,
-    a model that cannot load).
+    a model that cannot load). `f0_ahead` (preprocess.f0_ahead, one process only): the f0 process started
+    before torch was imported; it is stopped once the models are loaded, before the files are scanned.
     """
     from tqdm import tqdm
 
@@ -305,6 +254,13 @@ def run_batch(in_dir: Path, settings: FeatureSettings, num_processes: int = 1, d
     wavs = list_wavs(in_dir)
     if not wavs:
         raise SvcError(f"no .wav files in the speaker folders of {in_dir} (expected {in_dir}/<speaker>/*.wav)")
+    extractor = None
+    if f0_ahead is not None:
+        try:
+            extractor = FeatureExtractor(settings, worker_device(0, device))
+        finally:
+            written = f0_ahead.finish()
+        logger.info(f"the f0 of {written} files was computed while the models loaded")
     pending = [w for w in wavs if missing_outputs(w, settings)]
     result = BatchResult(skipped=len(wavs) - len(pending))
     logger.info(f"{len(wavs)} wav files, {result.skipped} already done, {len(pending)} to process")
@@ -312,8 +268,8 @@ def run_batch(in_dir: Path, settings: FeatureSettings, num_processes: int = 1, d
     tasks = [(str(w), w.relative_to(in_dir).as_posix()) for w in pending]
     bar = tqdm(total=len(wavs), initial=result.skipped, disable=not progress, unit="file")
     try:
-        if num_processes == 1 or len(tasks) <= 1:
-            outcomes = _run_here(tasks, settings, worker_device(0, device))
+        if extractor is not None or num_processes == 1 or len(tasks) <= 1:
+            outcomes = _run_here(tasks, extractor or FeatureExtractor(settings, worker_device(0, device)))
         else:
             outcomes = _run_in_workers(tasks, settings, min(num_processes, len(tasks)), device)
         for rel, status, message in outcomes:
@@ -330,8 +286,7 @@ def run_batch(in_dir: Path, settings: FeatureSettings, num_processes: int = 1, d
     return result
 
 
-def _run_here(tasks: list[tuple[str, str]], settings: FeatureSettings, device: str):
-    extractor = FeatureExtractor(settings, device)
+def _run_here(tasks: list[tuple[str, str]], extractor: FeatureExtractor):
     for wav, rel in tasks:
         yield _process_one(extractor, wav, rel)
 

@@ -72,6 +72,7 @@ def test_script_writes_4_1_files(tmp_path):
     shutil.copy(dataset / "spk1" / "0.wav", dataset / "stray.wav")  # not in a speaker folder: ignored
     result = run_script("preprocess_hubert_f0.py", "--f0_predictor", "pm", cwd=tmp_path)
     assert "5 files processed" in result.stderr
+    assert "files was computed while the models loaded" in result.stderr  # pm runs ahead (preprocess.f0_ahead)
     settings = FeatureSettings(write_volume=True)
     for wav in list_wavs(dataset):
         check_outputs(wav, settings)
@@ -183,3 +184,85 @@ def test_settings_from_configs(tmp_path, monkeypatch):
     settings = preprocess_hubert_f0.build_settings(preprocess_hubert_f0.parse_args(["--use_diff"]))
     assert settings.use_diff and settings.vocoder_config == str(FIXTURES / "nsf_hifigan" / "config.json")
     assert settings.f0_predictor == "rmvpe"  # 4.1's default
+
+
+# ---------------------------------------------------------------- the f0 computed ahead (preprocess.f0_ahead)
+
+def test_f0_ahead_needs_no_torch():
+    code = ("import sys; import preprocess.f0_ahead, preprocess.feature_files, f0_predictor.world, f0_predictor.pm; "
+            "from f0_predictor import get_f0_predictor; get_f0_predictor('dio'); get_f0_predictor('pm'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _ahead_dataset(tmp_path: Path) -> tuple[Path, FeatureSettings]:
+    dataset = make_project(tmp_path, n_speakers=2, n_files=2, seconds=0.3)
+    soundfile.write(dataset / "spk0" / "silent.wav", np.zeros(22050, np.float32), 44100, subtype="PCM_16")
+    return dataset, FeatureSettings(f0_predictor="dio", pretrain_dir=str(tmp_path / "pretrain"))
+
+
+def test_compute_ahead_writes_the_batch_f0(tmp_path):
+    import multiprocessing
+    import threading
+
+    from f0_predictor import get_f0_predictor
+    from preprocess.f0_ahead import _compute_ahead
+    from preprocess.feature_files import f0_value, load_training_audio
+
+    dataset, settings = _ahead_dataset(tmp_path)
+    kept = feature_paths(dataset / "spk1" / "1.wav", settings)["f0"]
+    np.save(kept, np.zeros(3))  # an f0 file already there is left to the batch's check
+    wavs = [str(w) for w in list_wavs(dataset)]
+    written = multiprocessing.Value("i", 0)
+    _compute_ahead(wavs, settings, threading.Event(), written)
+    assert written.value == 3  # 4 tones, one of them already with an f0 file; the silent file is refused
+    assert np.load(kept).shape == (3,)
+    assert not feature_paths(dataset / "spk0" / "silent.wav", settings)["f0"].exists()
+    predictor = get_f0_predictor("dio")
+    for wav in ("spk0/0.wav", "spk0/1.wav", "spk1/0.wav"):
+        path = feature_paths(dataset / wav, settings)["f0"]
+        expected = f0_value(predictor, load_training_audio(dataset / wav, settings))
+        assert all(np.array_equal(a, b) for a, b in zip(load_f0(path), expected))
+    assert not [p for p in dataset.rglob(".*") if p.is_file()]  # no temporary files left
+
+    stopped = threading.Event()
+    stopped.set()
+    for wav in wavs:
+        feature_paths(Path(wav), settings)["f0"].unlink(missing_ok=True)
+    _compute_ahead(wavs, settings, stopped, written)
+    assert not list(dataset.rglob("*.f0.npy"))
+
+
+def test_f0_ahead_forks_before_torch_and_the_batch_keeps_its_files(tmp_path):
+    dataset, settings = _ahead_dataset(tmp_path)
+    code = f"""
+import sys
+from preprocess.f0_ahead import start_f0_ahead
+from preprocess.feature_files import FeatureSettings
+ahead = start_f0_ahead(sys.argv[1], FeatureSettings(f0_predictor="dio", pretrain_dir=sys.argv[2]))
+ahead.process.join()
+print(ahead.finish(), ahead.process.exitcode)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(dataset), str(tmp_path / "pretrain")], cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["4", "0"], out.stderr
+    f0_files = sorted(dataset.rglob("*.f0.npy"))
+    assert len(f0_files) == 4 and all(output_is_valid("f0", path) for path in f0_files)
+    stamps = [path.stat().st_mtime_ns for path in f0_files]
+    result = run_batch(dataset, settings, num_processes=1, progress=False)
+    assert result.processed == 4 and [name for name, _ in result.failed] == ["spk0/silent.wav"]
+    assert [path.stat().st_mtime_ns for path in f0_files] == stamps  # kept, not computed again
+    for wav in list_wavs(dataset):
+        if wav.stem != "silent":
+            check_outputs(wav, settings)
+
+
+def test_f0_ahead_only_without_torch_and_for_one_core_predictors(tmp_path):
+    from preprocess.f0_ahead import can_run_ahead, start_f0_ahead
+
+    dataset, settings = _ahead_dataset(tmp_path)
+    assert start_f0_ahead(dataset, settings) is None  # torch is loaded in this process: no fork
+    assert not can_run_ahead(FeatureSettings(f0_predictor="rmvpe"))
+    assert not list(dataset.rglob("*.f0.npy"))
