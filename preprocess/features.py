@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -115,16 +116,19 @@ class FeatureExtractor:
     def compute(self, audio: np.ndarray, kinds: list[str] | tuple[str, ...], seed: int) -> dict[str, Any]:
         """audio float32 `[N]` at the model rate -> {output kind: value as written to disk}.
 
-        One after the other: an f0 thread beside the speech encoder slows the encoder's threads by more than it
-        saves on two cores (preprocess.f0_ahead runs the f0 ahead while the encoder loads instead)."""
+        The f0 runs in a second thread meanwhile: the WORLD and Parselmouth predictors use one core and
+        release the GIL, so they overlap the speech encoder instead of following it."""
         steps: dict[str, Callable[[], Any]] = {
             "soft": lambda: self.units(audio),
-            "f0": lambda: self.f0(audio),
             "spec": lambda: self.spectrogram(audio),
             "vol": lambda: self.volume(audio),
             "mel": lambda: self.mel(audio),
         }
-        values = {kind: steps[kind]() for kind in kinds if kind in steps}
+        with ThreadPoolExecutor(1) as side:
+            f0 = side.submit(self.f0, audio) if "f0" in kinds else None
+            values = {kind: steps[kind]() for kind in kinds if kind in steps}
+            if f0 is not None:
+                values["f0"] = f0.result()
         if "aug_mel" in kinds or "aug_vol" in kinds:
             aug_mel, aug_vol = self.augmented(audio, seed)
             values.update({kind: value for kind, value in (("aug_mel", aug_mel), ("aug_vol", aug_vol))
