@@ -266,3 +266,58 @@ def test_f0_ahead_only_without_torch_and_for_one_core_predictors(tmp_path):
     assert start_f0_ahead(dataset, settings) is None  # torch is loaded in this process: no fork
     assert not can_run_ahead(FeatureSettings(f0_predictor="rmvpe"))
     assert not list(dataset.rglob("*.f0.npy"))
+
+
+def test_onnx_encoder_takes_two_files_at_once_with_the_same_features(tmp_path, monkeypatch):
+    """With the encoder on ONNX Runtime and two threads, one process computes two files at once, each encoder
+    call on one thread; the files equal those of the torch encoder taking one file at a time."""
+    import threading
+
+    from preprocess import features
+
+    dataset = make_project(tmp_path, n_speakers=1, n_files=4, seconds=0.4)
+    soundfile.write(dataset / "spk0" / "short.wav", np.full(500, 0.1, np.float32), 44100)
+    reference = tmp_path / "reference"
+    shutil.copytree(dataset, reference)
+    pretrain = str(tmp_path / "pretrain")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    both_in_flight = threading.Barrier(2, timeout=20)  # broken (the file fails) unless two computes overlap
+    calls = []
+    compute = features.FeatureExtractor.compute
+
+    def overlapping_compute(self, *args, **kwargs):
+        calls.append(self.files_at_once)
+        if len(calls) <= 2:
+            both_in_flight.wait()
+        return compute(self, *args, **kwargs)
+
+    monkeypatch.setattr(features.FeatureExtractor, "compute", overlapping_compute)
+    fast = run_batch(dataset, FeatureSettings(f0_predictor="dio", pretrain_dir=pretrain, precision="auto"),
+                     num_processes=1, progress=False)
+    monkeypatch.setattr(features.FeatureExtractor, "compute", compute)
+    slow = run_batch(reference, FeatureSettings(f0_predictor="dio", pretrain_dir=pretrain), num_processes=1,
+                     progress=False)
+    assert calls == [2] * 4
+    for result in (fast, slow):
+        assert result.processed == 4 and [name for name, _ in result.failed] == ["spk0/short.wav"]
+    for wav in sorted((dataset / "spk0").glob("[0-9].wav")):
+        ours, theirs = (feature_paths(folder / "spk0" / wav.name, FeatureSettings()) for folder in (dataset, reference))
+        np.testing.assert_allclose(torch.load(ours["soft"], weights_only=True),
+                                   torch.load(theirs["soft"], weights_only=True), rtol=1e-4, atol=1e-5)
+        assert torch.equal(torch.load(ours["spec"], weights_only=True), torch.load(theirs["spec"], weights_only=True))
+        np.testing.assert_array_equal(np.load(ours["f0"], allow_pickle=True).astype(np.float64),
+                                      np.load(theirs["f0"], allow_pickle=True).astype(np.float64))
+
+
+def test_one_file_at_a_time_with_one_thread_or_the_torch_encoder(tmp_path, monkeypatch):
+    from preprocess.features import FeatureExtractor
+
+    make_project(tmp_path, n_speakers=1, n_files=1)
+    pretrain = str(tmp_path / "pretrain")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    two = FeatureExtractor(FeatureSettings(f0_predictor="pm", pretrain_dir=pretrain, precision="auto"))
+    assert two.files_at_once == 2 and two.encoder.session.get_session_options().intra_op_num_threads == 1
+    assert FeatureExtractor(FeatureSettings(f0_predictor="pm", pretrain_dir=pretrain)).files_at_once == 1  # torch
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    one = FeatureExtractor(FeatureSettings(f0_predictor="pm", pretrain_dir=pretrain, precision="auto"))
+    assert one.files_at_once == 1 and one.encoder.session.get_session_options().intra_op_num_threads == 1

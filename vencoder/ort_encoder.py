@@ -46,14 +46,15 @@ class OrtEncoder(SpeechEncoder):
         return torch.from_numpy(features)
 
 
-def speech_encoder(name: str, device: str | torch.device, pretrain_dir: str | Path, onnx: bool) -> SpeechEncoder:
-    """Encoder `name` from `pretrain_dir`: on ONNX Runtime when `onnx` is asked for and its class supports it,
-    else in torch. A failed export falls back to torch with a warning saying why; a weight file that cannot be
+def speech_encoder(name: str, device: str | torch.device, pretrain_dir: str | Path, onnx: bool,
+                   threads: int | None = None) -> SpeechEncoder:
+    """Encoder `name` from `pretrain_dir`: on ONNX Runtime (with `threads` threads per call, default torch's)
+    when `onnx` is asked for and its class supports it, else in torch. A failed export falls back to torch with a warning saying why; a weight file that cannot be
     read (missing, unsafe, damaged) is refused as torch would refuse it."""
     if onnx and encoder_class(name).runs_on_onnx:
         require_pretrained(Path(pretrain_dir) / encoder_record(name).file, f"speech encoder {name}")
         try:
-            return load_ort_encoder(name, pretrain_dir)
+            return load_ort_encoder(name, pretrain_dir, threads)
         except SvcError:
             raise
         except Exception as error:  # noqa: BLE001 - any export failure: the torch encoder still works
