@@ -89,7 +89,10 @@ def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
     check_args(parser, args)
+    from core.memory import keep_freed_memory
     from inference.convert_files import convert_files
+
+    keep_freed_memory()  # the slices reuse each other's buffers instead of faulting in fresh pages
     convert_files(args)
 
 
