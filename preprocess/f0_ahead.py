@@ -5,9 +5,8 @@ WORLD and Parselmouth predictors (registry records with `one_core`) need one cor
 preprocess_hubert_f0.py forks this process first, before torch is imported: it writes the `.f0.npy` of the files
 that have none, in the batch's order, until the encoder is ready; then `finish()` stops it after the file in hand
 and the batch goes on as before, finding those f0 files done (its scan reads each one back) and computing the
-others' f0 in a thread beside the encoder. Stopping there keeps one writer per file; beside a running encoder
-the f0 gains less anyway, since the encoder already keeps both cores busy (serial 10.9 s, with the f0 beside
-it 10.5 s for the benchmark's 16 clips).
+others' f0 itself (preprocess.features.FeatureExtractor.compute). Stopping there keeps one writer per file; once
+the encoder runs, it keeps both cores busy, so the f0 would gain little by running apart.
 
 The process writes the way the batch does (atomically, finite values only) and skips any file it cannot read:
 the batch meets that file again and reports it. Nothing here imports torch.

@@ -49,8 +49,9 @@ class OrtEncoder(SpeechEncoder):
 def speech_encoder(name: str, device: str | torch.device, pretrain_dir: str | Path, onnx: bool,
                    threads: int | None = None) -> SpeechEncoder:
     """Encoder `name` from `pretrain_dir`: on ONNX Runtime (with `threads` threads per call, default torch's)
-    when `onnx` is asked for and its class supports it, else in torch. A failed export falls back to torch with a warning saying why; a weight file that cannot be
-    read (missing, unsafe, damaged) is refused as torch would refuse it."""
+    when `onnx` is asked for and its class supports it, else in torch. A failed export falls back to torch with a
+    warning saying why; a weight file that cannot be read (missing, unsafe, damaged) is refused as torch would
+    refuse it."""
     if onnx and encoder_class(name).runs_on_onnx:
         require_pretrained(Path(pretrain_dir) / encoder_record(name).file, f"speech encoder {name}")
         try:
