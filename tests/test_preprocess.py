@@ -105,7 +105,7 @@ def test_workers_use_diff_and_bad_files(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill(tmp_path):
-    dataset = make_project(tmp_path, n_speakers=2, n_files=2, seconds=0.5)
+    dataset = make_project(tmp_path, n_speakers=2, n_files=8, seconds=1.5)  # enough work left at the kill
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, str(REPO / "preprocess_hubert_f0.py"), "--f0_predictor", "pm",
                                 "--use_diff"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
@@ -113,7 +113,7 @@ def test_resume_after_kill(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while not list(dataset.rglob("*.soft.pt")) and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert process.poll() is None, "finished before it could be killed"
     finally:
         if process.poll() is None:
