@@ -25,7 +25,7 @@ def keep_freed_memory() -> bool:
 
     Nothing is changed off Linux, with another C library, or when the user tunes malloc through the
     environment (`MALLOC_*`, `GLIBC_TUNABLES`)."""
-    if sys.platform != "linux" or not _glibc():
+    if not uses_glibc():
         return False
     if "GLIBC_TUNABLES" in os.environ or any(name.startswith("MALLOC_") for name in os.environ):
         return False
@@ -37,7 +37,10 @@ def keep_freed_memory() -> bool:
                                                                                        TRIM_THRESHOLD))
 
 
-def _glibc() -> bool:
+def uses_glibc() -> bool:
+    """Whether this process runs on Linux with glibc (whose mallopt parameters this module sets)."""
+    if sys.platform != "linux":
+        return False
     try:
         return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     except (ValueError, OSError):  # the name is unknown to this C library

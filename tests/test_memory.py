@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from core.memory import uses_glibc
 from tests.conftest import REPO
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION")
-                                                                                    or ""), reason="glibc only")
+glibc = pytest.mark.skipif(not uses_glibc(), reason="glibc only")
 
 PROBE = """
 import ctypes, resource, sys
