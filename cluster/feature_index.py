@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import re
+import struct
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
@@ -20,9 +21,9 @@ import torch
 from loguru import logger
 
 from cluster.dataset import load_speaker_features
-from core.config import load_config
+from core.config import load_speaker_map
 from core.errors import ConfigError, SvcError, UnsafeFileError
-from core.fileio import atomic_path
+from core.fileio import DAMAGED_FILE_ERRORS, atomic_path, damaged
 
 REDUCE_ABOVE = 200_000   # more rows than this are replaced by k-means centres before indexing
 REDUCED_ROWS = 10_000
@@ -80,7 +81,7 @@ def save_feature_index(indexes: dict[int, "faiss.Index"], path: str | os.PathLik
 def build_index_file(root_dir: Path, config_path: Path, output_dir: Path) -> Path:
     """Index every speaker of the config's `spk` map from `<root_dir>/<name>/**/*.wav.soft.pt`."""
     root_dir, output_dir = Path(root_dir), Path(output_dir)
-    speakers = load_config(config_path).get("spk")
+    speakers = load_speaker_map(config_path)
     if not isinstance(speakers, Mapping) or not speakers:
         raise ConfigError(f"config {config_path} has no 'spk' speaker map")
     indexes = {}
@@ -113,8 +114,11 @@ class _PickledIndex:
         self.data = bytes(state["this"])
 
 
-class _IndexUnpickler(pickle.Unpickler):
-    """Admits only `faiss.swigfaiss*.Index*` classes, each replaced by a stand-in; refuses every other global."""
+class _IndexUnpickler(pickle._Unpickler):
+    """Admits only `faiss.swigfaiss*.Index*` classes, each replaced by a stand-in; refuses every other global.
+
+    pickle's Python unpickler: the C one sizes its memo by the largest index a PUT opcode names, so one
+    damaged byte could ask for gigabytes."""
 
     def find_class(self, module: str, name: str) -> type:
         if _FAISS_MODULE.fullmatch(module) and _FAISS_INDEX_CLASS.fullmatch(name):
@@ -137,21 +141,98 @@ def load_feature_index(path: str | os.PathLike) -> dict[int, SpeakerIndex]:
     except UnsafeFileError as error:
         raise UnsafeFileError(f"{path} was not loaded, because loading it could run code from the file: "
                               f"{error}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise SvcError(f"cannot read feature index {path}: {error}") from None
+    except DAMAGED_FILE_ERRORS as error:
+        raise damaged(path, _first_line(error)) from None
     if not isinstance(data, dict) or not data:
         raise SvcError(f"{path} is not a feature index: expected {{speaker id: faiss index}}")
     result = {}
     for sid, stand_in in data.items():
         if not isinstance(stand_in, _PickledIndex) or stand_in.data is None:
             raise SvcError(f"{path}: the entry for speaker {sid!r} is not a faiss index")
-        try:
-            index = faiss.deserialize_index(np.frombuffer(stand_in.data, dtype=np.uint8))
-        except RuntimeError as error:
-            raise SvcError(f"{path}: cannot rebuild the faiss index of speaker {sid!r}: {error}") from None
-        vectors = index.reconstruct_n(0, index.ntotal).astype(np.float32, copy=False)
-        result[_speaker_key(sid)] = SpeakerIndex(index, vectors)
+        result[_speaker_key(sid)] = _rebuild_index(path, sid, stand_in.data)
     return result
+
+
+def _rebuild_index(path: Path, sid: object, data: bytes) -> SpeakerIndex:
+    """faiss.deserialize_index of one speaker's bytes, once `ivf_flat_problem` found them whole."""
+    import faiss
+
+    problem = ivf_flat_problem(data)
+    if problem:
+        raise damaged(path, f"the faiss index of speaker {sid!r}: {problem}")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        vectors = index.reconstruct_n(0, index.ntotal).astype(np.float32, copy=False)
+    except RuntimeError as error:
+        raise damaged(path, f"the faiss index of speaker {sid!r}: {_first_line(error)}") from None
+    return SpeakerIndex(index, vectors)
+
+
+class _Cursor:
+    """Reads faiss's little-endian serialization, refusing any read past the end."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def take(self, count: int) -> bytes:
+        if count < 0 or self.at + count > len(self.data):
+            raise ValueError("it ends before the data it declares")
+        self.at += count
+        return self.data[self.at - count:self.at]
+
+    def number(self, code: str) -> int:
+        return struct.unpack("<" + code, self.take(struct.calcsize(code)))[0]
+
+
+def ivf_flat_problem(data: bytes) -> str | None:
+    """What is wrong with faiss bytes that should hold 4.1's IVF<n>,Flat index; None when they hold together.
+
+    faiss sizes each array it reads by the count the bytes declare before it reads the array, so a damaged
+    count makes it allocate (and zero) up to terabytes; every count is checked here against what is left."""
+    cursor = _Cursor(data)
+    try:
+        if cursor.take(4) != b"IwFl":
+            return "not an IVF,Flat index (the kind train_index.py writes)"
+        dim, total = _index_header(cursor)
+        lists, _nprobe = cursor.number("Q"), cursor.number("Q")
+        if cursor.take(4) not in (b"IxF2", b"IxFI") or _index_header(cursor) != (dim, lists):
+            return "its coarse quantizer does not match the index"
+        if cursor.number("Q") != lists * dim:  # float count
+            return "its coarse quantizer's centroids do not match the index"
+        cursor.take(lists * dim * 4)
+        return _direct_map_problem(cursor) or _inverted_lists_problem(cursor, dim, total, lists)
+    except (ValueError, struct.error) as error:
+        return str(error)
+
+
+def _index_header(cursor: _Cursor) -> tuple[int, int]:
+    """faiss's index header -> (dimension, ntotal)."""
+    dim, total = cursor.number("i"), cursor.number("q")
+    cursor.take(8 + 8 + 1)  # two unused fields, is_trained
+    if cursor.number("i") not in (0, 1):  # metric: inner product or L2, neither takes an argument
+        raise ValueError("an unknown distance metric")
+    if dim <= 0 or total < 0:
+        raise ValueError(f"dimension {dim} and {total} vectors")
+    return dim, total
+
+
+def _direct_map_problem(cursor: _Cursor) -> str | None:
+    cursor.take(1)
+    ids = cursor.number("Q")
+    cursor.take(8 * ids)
+    return "it holds a direct map, which train_index.py never writes" if ids else None
+
+
+def _inverted_lists_problem(cursor: _Cursor, dim: int, total: int, lists: int) -> str | None:
+    if cursor.take(4) != b"ilar" or cursor.number("Q") != lists or cursor.number("Q") != dim * 4:
+        return "its inverted lists do not match the index"
+    if cursor.take(4) != b"full" or cursor.number("Q") != lists:
+        return "its inverted lists are not stored whole"
+    sizes = [cursor.number("Q") for _ in range(lists)]
+    if sum(sizes) != total:
+        return f"its lists hold {sum(sizes)} vectors, its header says {total}"
+    cursor.take(sum(sizes) * (dim * 4 + 8))
+    return None
 
 
 def retrieve(features: torch.Tensor | np.ndarray, index: "faiss.Index", vectors: np.ndarray,  # noqa: F821
@@ -195,3 +276,8 @@ def _speaker_key(sid: object) -> int:
         return int(sid)
     except (TypeError, ValueError):
         raise SvcError(f"feature index key {sid!r} is not a speaker id") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -11,26 +11,33 @@
 
 Torch files are read with `weights_only=True`. 4.1 stores f0 and aug_mel as pickled numpy object arrays,
 which `np.load(allow_pickle=True)` would unpickle with every global the file names, including
-`os.system`; here they go through an unpickler that admits only numpy's array, dtype and scalar
-reconstruction. A file that names anything else raises `UnsafeFeatureFileError` (an UnsafeFileError);
-a missing, damaged or wrongly shaped file raises `FeatureFileError` (an SvcError). Both name the file.
+`os.system`, and whose numpy reconstruction trusts the file's dtype and bytes (raw bytes for an object
+dtype are pointers); here the pickle is interpreted by `core.npy_pickle`, which builds the arrays itself
+from checked numbers. A .npy header is checked against the file's size before anything is read. A file
+that names any other global raises `UnsafeFeatureFileError` (an UnsafeFileError); a missing, damaged or
+wrongly shaped file raises `FeatureFileError` (an SvcError). Both name the file.
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import pickletools
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from tokenize import TokenError
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
 
 from core.errors import SvcError, UnsafeFileError
+from core.npy_pickle import (MAX_ELEMENTS, STAND_INS, CodeReference, PickleRefused, load_numpy_pickle,
+                             named_globals)
 
 NPY_MAGIC = b"\x93NUMPY"
 PICKLE_PROTO = b"\x80"
@@ -71,81 +78,96 @@ def _with_details(error: FeatureFileError, path: str | os.PathLike, problem: str
 
 # ---------------------------------------------------------------- numpy files
 
-_NUMPY_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-}
-
-
-class _CodeReference(Exception):
-    """Raised inside the unpickler; the readers turn it into UnsafeFeatureFileError."""
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Admits numpy's array, dtype and scalar reconstruction, which build data and run nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _NUMPY_GLOBALS:
-            raise _CodeReference(f"{module}.{name}")
-        from numpy._core import multiarray
-
-        return {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar,
-                "ndarray": np.ndarray, "dtype": np.dtype}[name]
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise _CodeReference("a persistent id")
+MAX_HEADER_BYTES = 10_000  # numpy's own limit on the header it parses
+MAX_ARRAY_ELEMENTS = MAX_ELEMENTS
+MAX_PICKLE_BYTES = 2 ** 30
+_HEADER_LENGTH_LAYOUT = {(1, 0): "<H", (2, 0): "<I"}
+_READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, KeyError, OverflowError, RecursionError, TokenError)
 
 
 def _unpickle_numpy(path: Path, data: bytes) -> Any:
-    """Unpickle `data` admitting only numpy reconstruction (UnsafeFeatureFileError for any other global)."""
+    """The value pickled in `data`, built by core.npy_pickle (UnsafeFeatureFileError for any other global)."""
     try:
-        return _NumpyUnpickler(io.BytesIO(data)).load()
-    except _CodeReference as reference:
+        return load_numpy_pickle(data)
+    except CodeReference as reference:
         raise unsafe(path, f"holds pickled code references ({reference})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError) as error:
-        raise refused(path, f"is damaged ({_first_line(error)})") from None
+    except PickleRefused as problem:
+        references = [name for name in named_globals(data) if name not in STAND_INS]
+        if references:  # refused before the interpreter reached them: still a payload
+            raise unsafe(path, f"holds pickled code references ({', '.join(dict.fromkeys(references))})") from None
+        raise refused(path, f"is damaged (its pickle {problem})") from None
 
 
-def _read_npy_header(path: Path, f: io.BufferedReader) -> tuple[tuple[int, ...], np.dtype]:
-    """Check the magic and read the header, leaving `f` at the data; -> (shape, dtype).
+def _read_npy_header(path: Path, f: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Check the magic and read the header, leaving `f` at the data; -> (shape, dtype, bytes after the header).
 
-    A raw pickle (which np.load(allow_pickle=True) would also have run) is unpickled safely, only to
-    report code references in it.
+    The header's length is checked against numpy's limit and the file's size before it is read, and its
+    shape must be sizes. A raw pickle (which np.load(allow_pickle=True) would also have run) is interpreted
+    by core.npy_pickle, only to report code references in it.
     """
-    start = f.read(len(NPY_MAGIC))
-    if start != NPY_MAGIC:
+    size = os.fstat(f.fileno()).st_size
+    start = f.read(len(NPY_MAGIC) + 2)
+    if not start.startswith(NPY_MAGIC):
         if start.startswith(PICKLE_PROTO):
-            _unpickle_numpy(path, start + f.read())
+            f.seek(0)
+            _unpickle_numpy(path, _read_pickle(path, f, size))
             raise refused(path, "is a pickle, not a .npy array file")
         raise refused(path, "is not a .npy array file")
-    f.seek(0)
-    version = np.lib.format.read_magic(f)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in read_header:
-        raise refused(path, f"is damaged (.npy format version {version[0]}.{version[1]}; feature files use 1.0 or 2.0)")
-    shape, _, dtype = read_header[version](f)
-    return shape, dtype
+    version = tuple(start[len(NPY_MAGIC):])
+    if version not in _HEADER_LENGTH_LAYOUT:
+        shown = ".".join(map(str, version)) or "missing"
+        raise refused(path, f"is damaged (.npy format version {shown}; feature files use 1.0 or 2.0)")
+    layout = _HEADER_LENGTH_LAYOUT[version]
+    length_bytes = f.read(struct.calcsize(layout))
+    length = struct.unpack(layout, length_bytes)[0] if len(length_bytes) == struct.calcsize(layout) else -1
+    if not 0 <= length <= min(MAX_HEADER_BYTES, size - f.tell()):
+        raise refused(path, f"is damaged (its header length {length} does not fit the file or numpy's limit)")
+    try:
+        shape, _, dtype = _READ_HEADER[version](io.BytesIO(length_bytes + f.read(length)))
+    except _HEADER_ERRORS as error:
+        raise refused(path, f"is damaged (its header: {_first_line(error)[:200]})") from None
+    if any(n < 0 for n in shape) or math.prod(shape) > MAX_ARRAY_ELEMENTS:
+        raise refused(path, f"is damaged (its header announces the shape {shape}; at most "
+                            f"{MAX_ARRAY_ELEMENTS} values are read)")
+    return shape, dtype, size - f.tell()
+
+
+def _check_data_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, available: int) -> None:
+    """A plain array's data must be exactly what its header announces, so nothing is allocated for a lie."""
+    announced = math.prod(shape) * dtype.itemsize
+    if announced != available:
+        raise refused(path, f"is damaged (its header announces {announced} bytes of data, "
+                            f"the file holds {available})")
+
+
+def _read_pickle(path: Path, f: BinaryIO, available: int) -> bytes:
+    if available > MAX_PICKLE_BYTES:
+        raise refused(path, f"is damaged (a pickle of {available} bytes; feature files hold at most "
+                            f"{MAX_PICKLE_BYTES})")
+    return f.read(available)
 
 
 def load_object_npy(path: str | os.PathLike) -> np.ndarray:
     """np.load for 4.1's object-array .npy files (f0, aug_mel) that never runs code from the file.
 
-    Plain arrays load as usual (allow_pickle=False); object arrays go through the numpy-only unpickler.
+    Plain arrays load as usual (allow_pickle=False) once their size is checked; the pickle of an object array
+    is interpreted by core.npy_pickle, which builds the arrays itself (numpy never unpickles anything).
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            shape, dtype = _read_npy_header(path, f)
+            shape, dtype, available = _read_npy_header(path, f)
             if not dtype.hasobject:
+                _check_data_size(path, shape, dtype, available)
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
-            array = _unpickle_numpy(path, f.read())
+            data = _read_pickle(path, f, available)
     except FileNotFoundError:
         raise refused(path, "is missing", "; run preprocess_hubert_f0.py") from None
-    except (OSError, ValueError, EOFError, MemoryError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise refused(path, f"is damaged ({_first_line(error)})") from None
+    array = _unpickle_numpy(path, data)
     if not isinstance(array, np.ndarray) or array.shape != shape:
         raise refused(path, f"does not hold the {shape} array its header announces")
     return array
@@ -155,23 +177,27 @@ def load_array(path: str | os.PathLike, ndim: int | None = None, mmap: bool = Fa
     """A plain numeric .npy file (.vol, .mel, .aug_vol), read with allow_pickle=False.
 
     `ndim` is the number of dimensions it must have; `mmap` maps the file instead of reading it (cheap checks).
+    The header's shape and dtype are checked against the file's size before anything is read or mapped.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            _, dtype = _read_npy_header(path, f)
+            shape, dtype, available = _read_npy_header(path, f)
         if dtype.hasobject:
             load_object_npy(path)  # a payload is reported as such; harmless objects still do not belong here
             raise refused(path, "holds Python objects, expected plain numbers")
+        if dtype.kind not in NUMBER_KINDS:
+            raise refused(path, f"holds {dtype.str} values, expected plain numbers")
+        if ndim is not None and len(shape) != ndim:
+            raise refused(path, f"holds an array of shape {shape}, expected {ndim}-D")
+        _check_data_size(path, shape, dtype, available)
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise refused(path, "is missing", "; run preprocess_hubert_f0.py") from None
-    except (OSError, ValueError, EOFError, MemoryError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise refused(path, f"is damaged ({_first_line(error)})") from None
-    if array.dtype.kind not in NUMBER_KINDS:
-        raise refused(path, f"holds {array.dtype} values, expected plain numbers")
-    if ndim is not None and array.ndim != ndim:
-        raise refused(path, f"holds an array of shape {array.shape}, expected {ndim}-D")
+    if array.dtype.kind not in NUMBER_KINDS or array.shape != shape:
+        raise refused(path, f"changed while it was read (now {array.dtype.str} {array.shape})")
     return array
 
 
@@ -182,7 +208,7 @@ def load_f0(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise refused(path, f"holds an array of shape {array.shape}, expected an (f0, uv) pair")
     try:
         f0, uv = (np.asarray(row, dtype=np.float64) for row in array)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise refused(path, "does not hold numbers in its (f0, uv) rows") from None
     if f0.ndim != 1 or f0.shape != uv.shape:
         raise refused(path, f"holds f0 {f0.shape} and uv {uv.shape}; both must be the same 1-D length")
@@ -196,7 +222,7 @@ def load_aug_mel(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         raise refused(path, f"holds an array of shape {array.shape}, expected a (mel, keyshift) pair")
     try:
         mel, keyshift = np.asarray(array[0], dtype=np.float32), float(array[1])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise refused(path, "does not hold numbers in its (mel, keyshift) pair") from None
     if mel.ndim != 2:
         raise refused(path, f"holds a mel of shape {mel.shape}, expected [T, n_mels]")
@@ -221,8 +247,9 @@ def _load_tensor(path: Path, mmap: bool) -> torch.Tensor:
         raise refused(path, "is missing", "; run preprocess_hubert_f0.py") from None
     except pickle.UnpicklingError as error:
         raise _torch_refusal(path, error) from None
-    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError) as error:
-        raise refused(path, f"is damaged ({_first_line(error)})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            OverflowError, NotImplementedError, struct.error, zipfile.BadZipFile) as error:
+        raise refused(path, f"is damaged ({_first_line(error)[:300]})") from None  # torch rebuilds from damaged parts
     if not isinstance(value, torch.Tensor):
         raise refused(path, f"holds a {type(value).__name__}, expected a tensor")
     if not value.is_floating_point():
@@ -246,9 +273,13 @@ def _pickle_streams(path: Path) -> bytes:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                return b"".join(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
-        return path.read_bytes()
-    except (OSError, zipfile.BadZipFile, RuntimeError):
+                entries = [e for e in archive.infolist() if e.filename.endswith("data.pkl")]
+                if sum(e.file_size for e in entries) > MAX_PICKLE_BYTES:  # a deflate bomb
+                    return b""
+                return b"".join(archive.read(e) for e in entries)
+        return path.read_bytes() if path.stat().st_size <= MAX_PICKLE_BYTES else b""
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError, EOFError,
+            NotImplementedError):
         return b""
 
 

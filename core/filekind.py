@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickletools
+import struct
 import zipfile
 from pathlib import Path
 
@@ -51,8 +52,8 @@ def _describe_zip(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None  # torch reports the damage itself
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError, OverflowError, struct.error):
+        return None  # a damaged zip (bad names, unknown version, cut directory): the loader reports the damage
     if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
         return None
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")

@@ -3,14 +3,17 @@ go to, the dataset's wavs, reading a wav for them and the f0 value as written. p
 these before torch is imported, so its f0 can start early (preprocess.f0_ahead)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from loguru import logger
 
 from core.audio import load_audio
 from core.errors import AudioError
+from preprocess.windows import windowed_f0_uv
 
 if TYPE_CHECKING:
     from f0_predictor.base import F0Predictor
@@ -58,8 +61,24 @@ def feature_paths(wav: Path, settings: FeatureSettings) -> dict[str, Path]:
 
 
 def list_wavs(in_dir: Path) -> list[Path]:
-    """Every `*.wav` inside the speaker folders of `in_dir` (nested folders included), sorted."""
-    return sorted(p for p in Path(in_dir).glob("*/**/*.wav") if p.is_file() and not p.name.startswith("."))
+    """Every wav (`.wav` in any case) inside the speaker folders of `in_dir` (nested folders included), sorted.
+
+    Hidden wavs (a name starting with '.') are left out, each named once in a warning."""
+    found = []
+    for path in Path(in_dir).glob("*/**/*"):
+        if path.suffix.lower() != ".wav" or not path.is_file():
+            continue
+        if path.name.startswith("."):
+            _warn_hidden(str(path))
+        else:
+            found.append(path)
+    return sorted(found)
+
+
+@functools.cache
+def _warn_hidden(path: str) -> None:
+    """Once per file: start_f0_ahead and run_batch both list the dataset in one run."""
+    logger.warning(f"skipped {path}: a hidden file (its name starts with '.'); rename it to take it in")
 
 
 def load_training_audio(wav: Path, settings: FeatureSettings) -> np.ndarray:
@@ -74,6 +93,7 @@ def load_training_audio(wav: Path, settings: FeatureSettings) -> np.ndarray:
 
 
 def f0_value(predictor: F0Predictor, audio: np.ndarray) -> np.ndarray:
-    """The f0 output of `audio` from an f0_predictor: object array `(2, T)` of (f0, uv), as 4.1 saves it."""
-    f0, uv = predictor.compute_f0_uv(audio)
+    """The f0 output of `audio` from an f0_predictor: object array `(2, T)` of (f0, uv), as 4.1 saves it.
+    Clips over FEATURE_WINDOW_SECONDS are computed in windows (preprocess.windows)."""
+    f0, uv = windowed_f0_uv(predictor, audio)
     return np.asanyarray((np.asarray(f0, dtype=np.float64), np.asarray(uv, dtype=np.float64)), dtype=object)

@@ -38,11 +38,13 @@ from core.fileio import np_save, torch_save
 from core.memory import keep_freed_memory
 from core.onnx_cache import onnxruntime_available
 from preprocess.feature_files import FeatureSettings, f0_value, feature_paths, list_wavs, load_training_audio
+from preprocess.windows import FEATURE_CONTEXT_SECONDS, FEATURE_WINDOW_SECONDS, plan_windows
 
 if TYPE_CHECKING:
     from preprocess.f0_ahead import F0Ahead
 
 ENCODER_SR = 16000
+ENCODER_HOP = 320             # samples per unit frame at 16 kHz: every encoder gives 50 frames/s
 ENCODER_PRECISIONS = ("auto", "fp32", "onnx")
 AUG_KEYSHIFT = 5.0           # keyshift ~ U(-5, 5) semitones
 AUG_MIN_LOG10_GAIN = -1.0    # volume scale 10^s, s ~ U(-1, min(1, log10(1 / peak)))
@@ -154,9 +156,16 @@ class FeatureExtractor:
         return values
 
     def units(self, audio: np.ndarray) -> torch.Tensor:
-        """-> float32 `[1, D, T_enc]` on the CPU."""
+        """-> float32 `[1, D, T_enc]` on the CPU; over FEATURE_WINDOW_SECONDS window by window, with the frame
+        count of the whole clip at once (preprocess.windows)."""
         wav16k = torch.from_numpy(resample(audio, self.settings.sampling_rate, ENCODER_SR))
-        return self.encoder(wav16k).detach().float().cpu().clone()  # clone: compact storage on disk
+        windows = plan_windows(len(wav16k), ENCODER_HOP, int(FEATURE_WINDOW_SECONDS * ENCODER_SR),
+                               int(FEATURE_CONTEXT_SECONDS * ENCODER_SR))
+        if len(windows) == 1:
+            return self.encoder(wav16k).detach().float().cpu().clone()  # clone: compact storage on disk
+        pieces = [self.encoder(wav16k[w.start:w.end]).detach().float().cpu()[:, :, w.keep_from:w.keep_to]
+                  for w in windows]
+        return torch.cat(pieces, dim=2)
 
     def f0(self, audio: np.ndarray) -> np.ndarray:
         """-> object array `(2, T)` of (f0, uv), as 4.1 saves it."""

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF)
 INTERESTING_INTS = (0, 1, -1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2 ** 31, 2 ** 40, 2 ** 62,
                     2 ** 63 - 1)
+MAX_WALK_DEPTH = 200  # deeper than any seed and the 50-deep nesting; well below the recursion limit
 INTERESTING_VALUES: tuple[Any, ...] = (None, True, False, 0, -1, 1e308, -1e308, 2 ** 63, -(2 ** 63), 1e-320, "",
                                        "16", "abc", "ü\u202e", [], {}, [1, "x", None], {"": None}, 0.5, 10 ** 30)
 
@@ -141,15 +142,19 @@ def _mutate_at_random_place(value: Any, rng: random.Random) -> Any:
     return value
 
 
-def _containers(value: Any) -> Iterator[tuple[Any, Any]]:
+def _containers(value: Any, depth: int = 0) -> Iterator[tuple[Any, Any]]:
+    """Every (container, key) down to MAX_WALK_DEPTH: a value deep-nested by an earlier mutation of the same
+    case is not walked to its bottom (the walk would exceed Python's recursion limit)."""
+    if depth >= MAX_WALK_DEPTH:
+        return
     if isinstance(value, dict):
         for key, item in value.items():
             yield value, key
-            yield from _containers(item)
+            yield from _containers(item, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield value, index
-            yield from _containers(item)
+            yield from _containers(item, depth + 1)
 
 
 def _replacement(old: Any, rng: random.Random) -> Any:

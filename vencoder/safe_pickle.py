@@ -13,13 +13,13 @@ import _compat_pickle
 import os
 import pickle
 import types
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from core.errors import SvcError, UnsafeFileError
+from core.fileio import DAMAGED_FILE_ERRORS, damaged, safe_torch_load, torch_load_source
 
 
 class InertObject:
@@ -103,11 +103,13 @@ SAFE_GLOBALS = frozenset({
 })
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle._Unpickler):
     """Unpickler that resolves only tensor-rebuild helpers, plain containers, and the given stand-ins.
 
     `stand_ins` maps "module.Class" to an InertObject subclass; anything else raises UnsafeFileError
-    (the pickle never gets hold of a callable it could use to run code).
+    (the pickle never gets hold of a callable it could use to run code). It is pickle's Python unpickler:
+    the C one sizes its memo by the largest index a PUT opcode names, so one damaged index asks for
+    gigabytes; the Python one keeps the memo in a dict.
     """
 
     stand_ins: Mapping[str, type[InertObject]] = types.MappingProxyType({})
@@ -143,26 +145,24 @@ def _restricted_pickle_module(stand_ins: Mapping[str, type[InertObject]], source
 def load_checkpoint(path: str | os.PathLike, stand_ins: Mapping[str, type[InertObject]] | None = None) -> Any:
     """Read a torch file on CPU without executing code from it.
 
-    First `torch.load(weights_only=True)`; if the file needs other globals, it is read again with
-    RestrictedUnpickler, which admits `stand_ins` (as inert objects) and refuses anything else with
-    UnsafeFileError. Unreadable files raise SvcError.
+    First `safe_torch_load` (weights_only=True; a zip file's directory checked, a legacy file read from
+    memory); if the file needs other globals, it is read again with RestrictedUnpickler, which admits
+    `stand_ins` (as inert objects) and refuses anything else with UnsafeFileError. Unreadable files raise
+    SvcError (DamagedFileError for a damaged one).
     """
     path = Path(path)
-    mmap = zipfile.is_zipfile(path)  # zip checkpoints can be memory-mapped: no second copy of the weights
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
+        return safe_torch_load(path, mmap=True)  # zip checkpoints are memory-mapped: no second copy of the weights
+    except UnsafeFileError:
         pass
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise SvcError(f"cannot read {path}: {_first_line(error)}") from None
+    source, is_zip = torch_load_source(path)
     module = _restricted_pickle_module(stand_ins or {}, str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=module)
+        return torch.load(source, map_location="cpu", weights_only=False, mmap=is_zip, pickle_module=module)
     except SvcError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
-            zipfile.BadZipFile) as error:
-        raise SvcError(f"cannot read {path}: {_first_line(error)}") from None
+    except DAMAGED_FILE_ERRORS as error:
+        raise damaged(path, _first_line(error)) from None
 
 
 def to_plain(value: Any) -> Any:
