@@ -18,6 +18,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", default=None,
                         help="output path (default: <input stem>_release[_half]<ext> beside the input)")
     parser.add_argument("-hf", "--half", action="store_true", help="store the weights as float16")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing training checkpoint D_/G_<step>.pth at -o (the input itself is "
+                             "never replaced)")
     return parser.parse_args(argv)
 
 
@@ -32,16 +35,19 @@ def main() -> int:
     from loguru import logger
 
     from core.checkpoint import read_checkpoint, release_checkpoint
-    from core.config import load_config
-    from core.fileio import torch_save
+    from core.config import load_model_config
+    from core.fileio import make_output_dir, torch_save
+    from core.outputs import check_output_file
     from training.loop import build_generator
 
-    hps = load_config(args.config)
+    output = args.output or default_output(args.input, args.half)
+    check_output_file(Path(output), [Path(args.input)], "-o/--output", args.overwrite, only_checkpoints=True)
+    hps = load_model_config(args.config, need_train=True)
     checkpoint = read_checkpoint(args.input)
     model = build_generator(hps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(hps.train.learning_rate),
                                   betas=tuple(hps.train.betas), eps=float(hps.train.eps))
-    output = args.output or default_output(args.input, args.half)
+    make_output_dir(Path(output).parent, "-o/--output")
     torch_save(release_checkpoint(checkpoint, optimizer.state_dict(), half=args.half), output)
     before, after = Path(args.input).stat().st_size, Path(output).stat().st_size
     logger.info(f"wrote {output} ({after / 2**20:.1f} MiB, from {before / 2**20:.1f} MiB)")

@@ -11,7 +11,9 @@ import argparse
 import os
 
 from core.download import MIRROR_ENV, fetch_pretrained, listing, raise_if_incomplete
+from core.cli_types import finite_float
 from core.errors import run_cli
+from core.fileio import make_output_dir
 
 
 def main() -> int:
@@ -25,13 +27,15 @@ def main() -> int:
     parser.add_argument("--sha256", type=str, default=None,
                         help="with exactly one download: check it against this sha256 (or its first 8+ hex "
                              "digits) instead of the published one, for mirrors serving another build")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait to connect and per read")
+    parser.add_argument("--timeout", type=finite_float(0, open_low=True), default=30.0,
+                        help="seconds to wait to connect and per read")
     args = parser.parse_args()
     if args.list:
         print(listing(args.pretrain_dir))
         return 0
     if not args.names:
         parser.error("give at least one NAME, or --list")
+    make_output_dir(args.pretrain_dir, "--pretrain_dir")
     result = fetch_pretrained(args.names, args.pretrain_dir, args.base_url, args.sha256, args.timeout)
     raise_if_incomplete(result, args.pretrain_dir)
     return 0

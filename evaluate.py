@@ -13,6 +13,7 @@ import argparse
 import copy
 import shlex
 
+from core.cli_types import finite_float
 from core.errors import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
              '--compare="--converted other_results/"')
     add("--json", default="evaluation.json", help="write every figure here ('' for none)")
     add("--f0_tracker", default=DEFAULT_TRACKER, choices=TRACKERS, help="pitch tracker of the measurements")
-    add("--f0_hop", type=float, default=DEFAULT_HOP_SECONDS, help="seconds between pitch frames of the measurements")
+    add("--f0_hop", type=finite_float(0, open_low=True), default=DEFAULT_HOP_SECONDS,
+        help="seconds between pitch frames of the measurements")
     add("--no_speaker", action="store_true", help="skip speaker similarity")
     return parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli_types import SLICE_DB, finite_float, int_range
 from core.errors import run_cli
 from inference.precision import PRECISION_HELP, PRECISIONS
 
@@ -23,42 +24,45 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="generator checkpoint G_*.pth")
     add("-c", "--config_path", default="logs/44k/config.json", help="the model's config.json")
-    add("-cl", "--clip", type=float, default=0, help="forced clip length in seconds (0: slice on silence only)")
+    add("-cl", "--clip", type=finite_float(0), default=0,
+        help="forced clip length in seconds (0: slice on silence only)")
     add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"], help="file names inside raw/")
-    add("-t", "--trans", nargs="+", type=float, default=[0], help="pitch shift in semitones, one per file")
+    add("-t", "--trans", nargs="+", type=finite_float(), default=[0], help="pitch shift in semitones, one per file")
     add("-s", "--spk_list", nargs="+", default=["buyizi"], help="target speaker names")
     add("-a", "--auto_predict_f0", action="store_true", help="predict f0 with the model (speech, not singing)")
     add("-cm", "--cluster_model_path", default="", help="k-means model or feature index (-fr)")
-    add("-cr", "--cluster_infer_ratio", type=float, default=0, help="share of cluster/retrieval features, 0..1")
-    add("-lg", "--linear_gradient", type=float, default=0, help="crossfade seconds between forced clips")
+    add("-cr", "--cluster_infer_ratio", type=finite_float(), default=0,
+        help="share of cluster/retrieval features, 0..1")
+    add("-lg", "--linear_gradient", type=finite_float(), default=0, help="crossfade seconds between forced clips")
     add("-f0p", "--f0_predictor", default="pm", help="pm, dio, harvest, crepe, rmvpe or fcpe")
     add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer")
     add("-shd", "--shallow_diffusion", action="store_true", help="shallow diffusion after So-VITS")
     add("-usm", "--use_spk_mix", action="store_true", help="dynamic speaker mix from --spk_mix_file")
-    add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
+    add("-lea", "--loudness_envelope_adjustment", type=finite_float(0, 1), default=1,
         help="1 keeps the output loudness envelope, 0 imposes the input's")
     add("-fr", "--feature_retrieval", action="store_true", help="feature retrieval instead of k-means")
     add("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt")
     add("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml")
-    add("-ks", "--k_step", type=int, default=100, help="shallow diffusion depth")
+    add("-ks", "--k_step", type=int_range(1), default=100, help="shallow diffusion depth")
     add("-se", "--second_encoding", action="store_true", help="re-encode the So-VITS output before diffusion")
     add("-od", "--only_diffusion", action="store_true", help="diffusion only, no So-VITS")
     add("-fs", "--flow_steps", type=int, default=None,
         help="integration steps of a rectified-flow diffusion model (default: its config's infer.flow_steps, else 8)")
-    add("-sd", "--slice_db", type=float, default=-40, help="silence threshold in dB")
+    add("-sd", "--slice_db", type=SLICE_DB, default=-40, help="silence threshold in dB")
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    add("-ns", "--noice_scale", type=float, default=0.4, help="prior noise scale")
-    add("-p", "--pad_seconds", type=float, default=0.5, help="zero padding around each slice (removed again)")
+    add("-ns", "--noice_scale", type=finite_float(), default=0.4, help="prior noise scale")
+    add("-p", "--pad_seconds", type=finite_float(), default=0.5, help="zero padding around each slice (removed again)")
     add("-wf", "--wav_format", default="flac", help="output format: flac, wav, ogg ...")
-    add("-lgr", "--linear_gradient_retain", type=float, default=0.75, help="blended share of the crossfade")
-    add("-eak", "--enhancer_adaptive_key", type=float, default=0, help="enhancer key adaptation (semitones)")
-    add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="f0 confidence threshold (crepe/rmvpe/fcpe)")
+    add("-lgr", "--linear_gradient_retain", type=finite_float(), default=0.75, help="blended share of the crossfade")
+    add("-eak", "--enhancer_adaptive_key", type=finite_float(), default=0, help="enhancer key adaptation (semitones)")
+    add("-ft", "--f0_filter_threshold", type=finite_float(0), default=0.05,
+        help="f0 confidence threshold (crepe/rmvpe/fcpe)")
     add("--spk_mix_file", default=None, help="speaker-mix timeline (.json, or 4.1's spkmix.py); "
         "default: spkmix.json, else spkmix.py")
     add("--raw_dir", default="raw", help="folder of the inputs")
     add("--results_dir", default="results", help="folder of the outputs")
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and vocoder")
-    add("--max_slice_seconds", type=float, default=30,
+    add("--max_slice_seconds", type=finite_float(), default=30,
         help="slices longer than this are cut into crossfaded clips to bound memory (0: never)")
     add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     add("--overwrite", action="store_true",

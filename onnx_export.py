@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli_types import finite_float, int_range
 from core.config import load_model_config
 from core.errors import SvcError, run_cli
 from onnxexport.descriptor import hubert_name
@@ -18,7 +19,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-n", "--model_name", default="TransformerFlow",
                         help="project name: reads checkpoints/NAME/model.pth and config.json, writes "
                              "checkpoints/NAME/NAME_SoVits.onnx and checkpoints/NAME.json")
-    parser.add_argument("-m", "--model_path", type=Path, help="generator checkpoint (default checkpoints/NAME/model.pth)")
+    parser.add_argument("-m", "--model_path", type=Path,
+                        help="generator checkpoint (default checkpoints/NAME/model.pth)")
     parser.add_argument("-c", "--config_path", type=Path, help="config.json (default checkpoints/NAME/config.json)")
     parser.add_argument("-o", "--output_dir", type=Path, default=Path("checkpoints"),
                         help="where NAME/ and NAME.json go (default checkpoints)")
@@ -38,9 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder_only", action="store_true",
                         help="only export the content encoder (name from --hubert or the config)")
     parser.add_argument("--encoder_checkpoint", type=Path, help="ContentVec checkpoint for the encoder export")
-    parser.add_argument("--parity_frames", type=int, nargs="+", help="frame counts the parity check runs at")
-    parser.add_argument("--tolerance", type=float, help="largest allowed parity difference")
-    parser.add_argument("--opset", type=int, help="ONNX opset")
+    parser.add_argument("--parity_frames", type=int_range(1), nargs="+", help="frame counts the parity check runs at")
+    parser.add_argument("--tolerance", type=finite_float(0), help="largest allowed parity difference")
+    parser.add_argument("--opset", type=int_range(1), help="ONNX opset")
     return parser.parse_args()
 
 

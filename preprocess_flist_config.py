@@ -12,6 +12,7 @@ from pathlib import Path
 from loguru import logger
 
 from core.errors import run_cli
+from core.fileio import make_output_dir
 from preprocess.filelists import build_configs, scan_dataset, split_dataset, write_configs, write_filelist
 from core.registry import ENCODER_RECORDS
 
@@ -38,6 +39,9 @@ def main() -> int:
     train, val = split_dataset(dataset, prefix, args.seed)
     config, diffusion = build_configs(sorted(dataset.files), args.speech_encoder, args.vol_aug, args.tiny,
                                       args.train_list, args.val_list)
+    make_output_dir(Path(args.config_dir), "--config_dir")
+    make_output_dir(Path(args.train_list).parent, "--train_list")
+    make_output_dir(Path(args.val_list).parent, "--val_list")
     write_filelist(Path(args.train_list), train)
     write_filelist(Path(args.val_list), val)
     config_path, diffusion_path = write_configs(config, diffusion, Path(args.config_dir))

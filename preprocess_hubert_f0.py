@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.cli_types import int_range
 from core.errors import run_cli
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write the shallow-diffusion features (volume, mel, augmented mel/volume)")
     parser.add_argument("--f0_predictor", type=str, default="rmvpe",
                         help="crepe, pm, dio, harvest, rmvpe or fcpe (default: rmvpe)")
-    parser.add_argument("--num_processes", type=int, default=1, help="worker processes; 0 = one per CPU core")
+    parser.add_argument("--num_processes", type=int_range(0), default=1, help="worker processes; 0 = one per CPU core")
     parser.add_argument("-c", "--config", type=Path, default=Path("configs/config.json"), help="So-VITS config")
     parser.add_argument("--diff_config", type=Path, default=Path("configs/diffusion.yaml"),
                         help="diffusion config (read with --use_diff): its vocoder.ckpt folder's config.json "
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_settings(args: argparse.Namespace) -> "FeatureSettings":
     from loguru import logger
 
-    from core.config import load_config, load_model_config
+    from core.config import load_diffusion_config, load_model_config
     from preprocess.feature_files import FeatureSettings
 
     from core.registry import encoder_record, f0_predictor_record
@@ -56,7 +57,7 @@ def build_settings(args: argparse.Namespace) -> "FeatureSettings":
     f0_predictor_record(args.f0_predictor)
     vocoder_config = None
     if args.use_diff:
-        ckpt = load_config(args.diff_config).get("vocoder", {}).get("ckpt")
+        ckpt = load_diffusion_config(args.diff_config).get("vocoder", {}).get("ckpt")
         candidate = Path(ckpt).parent / "config.json" if ckpt else None
         if candidate is not None and candidate.is_file():
             vocoder_config = str(candidate)
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from loguru import logger
 
+    from core.cli_types import check_device
     from core.errors import SvcError
     from core.memory import keep_freed_memory
     from preprocess.f0_ahead import start_f0_ahead
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # before torch allocates: each file reuses the pages of the one before
     if args.num_processes < 0:
         raise SvcError("--num_processes must be 0 (one per CPU core) or more")
+    check_device(args.device)  # imports torch only when -d is given
     settings = build_settings(args)
     logger.info(f"encoder {settings.speech_encoder}, f0 predictor {settings.f0_predictor}, "
                 f"{settings.sampling_rate} Hz, hop {settings.hop_length}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli_types import finite_float
 from core.errors import run_cli
 from inference.precision import PRECISION_HELP, PRECISIONS
 
@@ -23,15 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="generator checkpoint G_*.pth")
     add("-c", "--config_path", default="logs/44k/config.json", help="the model's config.json")
     add("-s", "--spk_list", nargs=1, default=["buyizi"], help="target speaker name")
-    add("-t", "--trans", type=float, default=0, help="pitch shift in semitones")
+    add("-t", "--trans", type=finite_float(), default=0, help="pitch shift in semitones")
     add("-f0p", "--f0_predictor", default="pm", help="pm (no weights), fcpe or rmvpe (real-time capable), "
         "dio, harvest, crepe")
-    add("-ft", "--f0_filter_threshold", type=float, default=0.05, help="f0 confidence threshold (rmvpe/fcpe)")
+    add("-ft", "--f0_filter_threshold", type=finite_float(0), default=0.05, help="f0 confidence threshold (rmvpe/fcpe)")
     add("-cm", "--cluster_model_path", default="", help="k-means model or feature index (-fr)")
-    add("-cr", "--cluster_infer_ratio", type=float, default=0, help="share of cluster/retrieval features, 0..1")
+    add("-cr", "--cluster_infer_ratio", type=finite_float(), default=0,
+        help="share of cluster/retrieval features, 0..1")
     add("-fr", "--feature_retrieval", action="store_true", help="feature retrieval instead of k-means")
-    add("-ns", "--noice_scale", type=float, default=0.4, help="prior noise scale")
-    add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
+    add("-ns", "--noice_scale", type=finite_float(), default=0.4, help="prior noise scale")
+    add("-lea", "--loudness_envelope_adjustment", type=finite_float(0, 1), default=1,
         help="1 keeps the output loudness envelope, 0 imposes the input's")
     add("-usm", "--use_spk_mix", action="store_true", help="static speaker mix: the timeline's starting weights")
     add("--spk_mix_file", default=None, help="speaker-mix timeline (.json or 4.1's spkmix.py)")
@@ -41,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--list_devices", action="store_true", help="list the audio devices and exit")
     add("--input_device", default=None, help="input device (number or name, see --list_devices)")
     add("--output_device", default=None, help="output device (number or name)")
-    add("--block", type=float, default=0.5, help="block length in seconds")
-    add("--crossfade", type=float, default=0.05, help="SOLA crossfade in seconds")
-    add("--context", type=float, default=1.0, help="left context in seconds given to the encoder with each block")
-    add("--lookahead", type=float, default=0.0, help="right context in seconds; adds to the latency")
-    add("--sola_search", type=float, default=0.012, help="SOLA offset search window in seconds")
-    add("--silence_db", type=float, default=-50.0, help="input quieter than this gives silence, skipping the model")
+    add("--block", type=finite_float(), default=0.5, help="block length in seconds")
+    add("--crossfade", type=finite_float(), default=0.05, help="SOLA crossfade in seconds")
+    add("--context", type=finite_float(), default=1.0,
+        help="left context in seconds given to the encoder with each block")
+    add("--lookahead", type=finite_float(), default=0.0, help="right context in seconds; adds to the latency")
+    add("--sola_search", type=finite_float(), default=0.012, help="SOLA offset search window in seconds")
+    add("--silence_db", type=finite_float(high=0), default=-50.0,
+        help="input quieter than this gives silence, skipping the model")
     add("--passthrough", action="store_true", help="route the input to the output unconverted (check levels)")
     add("--input", default=None, help="stream this audio file instead of a microphone")
     add("--output", default=None, help="write the converted stream of --input here")

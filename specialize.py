@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli_types import TRANSPOSE
 from core.errors import run_cli
 
 
@@ -24,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("-m", "--model_path", type=Path, required=True, help="model B: its G_*.pth")
     add("-c", "--config_path", type=Path, required=True, help="model B's config.json")
     add("-s", "--speaker", required=True, help="the speaker of model B to convert into")
-    add("-t", "--trans", type=float, default=0.0, help="pitch shift of the conversion in semitones (default 0)")
+    add("-t", "--trans", type=TRANSPOSE, default=0.0, help="pitch shift of the conversion in semitones (default 0)")
     add("-f0p", "--f0_predictor", default="pm", help="f0 predictor of the conversion (default pm)")
     add("--dataset_config", type=Path, default=Path("configs/config.json"),
         help="the config A trains with: its speech encoder computes the units (default configs/config.json)")
@@ -38,8 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from core.cli_types import check_device
     from workflows.specialise import SpecialiseSettings, specialise_dataset
 
+    check_device(args.device)
     settings = SpecialiseSettings(
         model_path=args.model_path, config_path=args.config_path, speaker=args.speaker,
         dataset_config=args.dataset_config, trans=args.trans, f0_predictor=args.f0_predictor,

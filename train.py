@@ -35,13 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from core.config import load_config
+    from core.config import load_model_config
+    from core.fileio import make_output_dir
     from core.progress import route_logs_through_tqdm
     from training.loop import RunOptions, launch, prepare_model_dir
 
     route_logs_through_tqdm()
-    hps = load_config(args.config)
-    model_dir = Path(args.logs_dir) / args.model
+    hps = load_model_config(args.config, need_train=True)
+    model_dir = make_output_dir(Path(args.logs_dir) / args.model, "--logs_dir/-m")
     prepare_model_dir(hps, model_dir)
     options = RunOptions(model_dir=model_dir, num_workers=args.num_workers, max_steps=args.max_steps,
                          cpu_processes=args.cpu_processes, device="cpu" if args.cpu else None)

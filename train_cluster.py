@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli_types import int_range
 from core.errors import run_cli
 
 
@@ -16,7 +17,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use the torch mini-batch k-means (CUDA when available, else CPU)")
     parser.add_argument("--minibatch", action="store_true",
                         help="CPU: sklearn MiniBatchKMeans instead of full KMeans (much faster, slightly worse)")
-    parser.add_argument("--n_clusters", type=int, default=10000,
+    parser.add_argument("--n_clusters", type=int_range(1), default=10000,
                         help="centres per speaker (clamped to the speaker's frame count)")
     return parser.parse_args(argv)
 
@@ -24,10 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cluster import train_cluster_model
-    from core.errors import SvcError
+    from core.fileio import make_output_dir
 
-    if args.n_clusters < 1:
-        raise SvcError("--n_clusters must be at least 1")
+    make_output_dir(args.output, "--output")
     train_cluster_model(args.dataset, args.output, args.n_clusters, use_gpu=args.gpu, minibatch=args.minibatch)
     return 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from core.config import load_config
+from core.config import load_diffusion_config
 from core.errors import run_cli
 
 
@@ -28,7 +28,7 @@ def main() -> int:
     from core.progress import route_logs_through_tqdm
 
     route_logs_through_tqdm()
-    config = load_config(args.config)
+    config = load_diffusion_config(args.config)
     check_config(config)
     sink = logger.add(Path(config.env.expdir) / "log_info.txt", level="INFO")
     try:

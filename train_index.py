@@ -20,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cluster import build_index_file
+    from core.fileio import make_output_dir
 
+    make_output_dir(args.output_dir, "--output_dir")
     build_index_file(args.root_dir, args.config, args.output_dir)
     return 0
 

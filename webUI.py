@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli_types import check_device, finite_float, int_range
 from core.errors import run_cli
 from inference.precision import PRECISION_HELP, PRECISIONS, check_device_type
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--host", default=DEFAULT_HOST, help="address to listen on (default: loopback only)")
-    add("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    add("--port", type=int_range(1, 65535), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     add("--logs_dir", type=Path, default=Path("logs"), help="folder of the model folders (train.py's logs/)")
     add("--pretrain_dir", type=Path, default=Path("pretrain"), help="folder of the pretrained encoders and vocoder")
     add("--results_dir", type=Path, default=Path("results"), help="where conversions are saved")
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--raw_dir", type=Path, default=Path("dataset_raw"), help="raw dataset, one folder per speaker")
     add("--config_dir", type=Path, default=Path("configs"), help="where preprocessing writes config.json")
     add("--export_dir", type=Path, default=Path("checkpoints"), help="where ONNX exports go")
-    add("--max_seconds", type=float, default=600, help="longest recording the page converts, in seconds")
+    add("--max_seconds", type=finite_float(0, open_low=True), default=600,
+        help="longest recording the page converts, in seconds")
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     return p
@@ -41,12 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
-    if not 0 < args.port < 65536:
-        parser.error("--port must lie within 1..65535")
-    if args.max_seconds <= 0:
-        parser.error("--max_seconds must be positive")
     if args.device:
         check_device_type(args.precision, args.device.split(":")[0])
+    check_device(args.device)
     from webui.app import WebSettings, serve
 
     settings = WebSettings(logs_dir=args.logs_dir, pretrain_dir=args.pretrain_dir, results_dir=args.results_dir,

@@ -88,28 +88,32 @@ def fit_codebook(features: np.ndarray, n_clusters: int, use_gpu: bool = False, m
 
 def train_cluster_model(dataset: Path, output: Path, n_clusters: int = DEFAULT_CLUSTERS, use_gpu: bool = False,
                         minibatch: bool = False, device: str | None = None) -> Path:
-    """Fit one codebook per speaker folder of `dataset` and write `<output>/kmeans_<n_clusters>.pt`."""
+    """Fit one codebook per speaker folder of `dataset` and write `<output>/kmeans_<n>.pt`, n the most centres
+    any speaker got (n_clusters, unless every speaker has fewer frames: the name says what the file holds)."""
     dataset, output = Path(dataset), Path(output)
     if not dataset.is_dir():
         raise SvcError(f"dataset folder not found: {dataset}")
     speakers = sorted(p for p in dataset.iterdir() if p.is_dir() and not p.name.startswith("."))
-    codebooks, threads = {}, 1
+    codebooks, threads, centres = {}, 1, 0
     for speaker_dir in speakers:
         features = load_speaker_features(speaker_dir)
         if features.shape[0] == 0:
             logger.warning(f"{speaker_dir.name}: no .soft.pt files, skipped (run preprocess_hubert_f0.py first)")
             continue
         if features.shape[0] < n_clusters:
-            logger.warning(f"{speaker_dir.name}: only {features.shape[0]} frames, so {features.shape[0]} "
-                           f"clusters instead of {n_clusters}")
+            logger.warning(f"{speaker_dir.name}: only {features.shape[0]} frames, fewer than --n_clusters "
+                           f"{n_clusters}, so {features.shape[0]} clusters instead of {n_clusters}")
+        centres = max(centres, min(n_clusters, int(features.shape[0])))
         logger.info(f"{speaker_dir.name}: clustering {features.shape[0]} frames")
         codebooks[speaker_dir.name], threads = fit_codebook(features, n_clusters, use_gpu, minibatch, device)
     if not codebooks:
         raise SvcError(f"no speaker folder under {dataset} holds .soft.pt feature files; "
                        "run preprocess_hubert_f0.py first")
-    path = output / f"kmeans_{n_clusters}.pt"
+    path = output / f"kmeans_{centres}.pt"
     save_kmeans(codebooks, path, threads)
-    logger.info(f"wrote {path} ({len(codebooks)} speakers)")
+    logger.info(f"wrote {path} ({len(codebooks)} speakers)"
+                + (f"; pass it with -cm, the file is named for the {centres} centres it holds"
+                   if centres != n_clusters else ""))
     return path
 
 

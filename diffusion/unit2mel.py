@@ -18,7 +18,7 @@ from diffusion.flow import RectifiedFlow
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.wavenet import WaveNet
 from core.checkpoint import LoadReport, load_weights, read_checkpoint
-from core.config import HParams, load_config
+from core.config import HParams, load_diffusion_config
 from core.errors import SvcError
 
 
@@ -217,7 +217,7 @@ def load_model(model_path: str | os.PathLike, config_path: str | os.PathLike | N
     config_path = Path(config_path) if config_path is not None else model_path.parent / "config.yaml"
     if not model_path.is_file():
         raise SvcError(f"diffusion model not found: {model_path}")
-    config = load_config(config_path)
+    config = load_diffusion_config(config_path)
     checkpoint = read_checkpoint(model_path, kind="diffusion")
     check_objectives(checkpoint, model_path, config_objective(config), config_path)
     state = checkpoint["model"]

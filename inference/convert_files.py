@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import soundfile
 from loguru import logger
 
 from inference.naming import claim_result_path, output_name
@@ -52,10 +53,18 @@ def convert_files(args: argparse.Namespace) -> None:
     svc = load_svc(args)
     logger.info(f"model loaded in {time.perf_counter() - started:.1f} s on {svc.device}")
     svc.check_options(options_for(args, 0, 0))
+    check_lengths(svc, job.inputs)
     for item in job.inputs:
         audio, sr = load_audio(item.path)
         for speaker in job.speakers:
             convert_one(svc, args, job, item, speaker, audio, sr)
+
+
+def check_lengths(svc: Svc, inputs: list[InputFile]) -> None:
+    """Refuse a too short input before any result is written (soundfile reads only the header here)."""
+    for item in inputs:
+        info = soundfile.info(str(item.path))
+        svc.check_length(info.frames, info.samplerate, f"input {item.path}")
 
 
 def convert_one(svc: Svc, args: argparse.Namespace, job: Job, item: InputFile, speaker: str | None,

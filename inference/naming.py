@@ -9,6 +9,9 @@ overwrites the earlier. Here that name stays the prefix and tags follow it:
     _ks<k>     shallow-diffusion depth (-shd with -ks)
     _step<n>   the So-VITS model's step, from a model file named G_<n>.pth
 
+Whatever the input or speaker name holds (folders, `..`, NUL, control characters, hundreds of bytes), the
+result is one plain name inside the results folder (core.outputs.safe_stem), checked again where it is claimed.
+
 An existing file is never replaced unless asked (--overwrite): the result goes to `<stem>_1.<fmt>`,
 `<stem>_2.<fmt>` ... instead.
 """
@@ -20,7 +23,10 @@ from pathlib import Path
 
 from loguru import logger
 
+from core.outputs import file_in_folder, safe_stem
+
 MODEL_STEP = re.compile(r"^G_(\d+)\.pth$")
+SPEAKER_BYTES = 60
 
 
 def model_step(model_path: str | Path) -> int | None:
@@ -34,7 +40,17 @@ def base_stem(clean_name: str, trans: float, speaker: str, args: argparse.Namesp
     key = "auto" if args.auto_predict_f0 else f"{trans:g}key"
     cluster = f"_{args.cluster_infer_ratio:g}" if args.cluster_infer_ratio != 0 else ""
     mode = "diff" if args.only_diffusion else "sovdiff" if args.shallow_diffusion else "sovits"
-    return f"{clean_name.lstrip('.')}_{key}_{speaker}{cluster}_{mode}_{args.f0_predictor}"
+    return f"{safe_stem(clean_name)}_{key}_{speaker_part(speaker)}{cluster}_{mode}_{args.f0_predictor}"
+
+
+def speaker_part(speaker: str | int) -> str:
+    """A speaker name as a part of a result name (config.json's names are text of any kind)."""
+    return safe_stem(str(speaker), fallback="speaker", max_bytes=SPEAKER_BYTES)
+
+
+def upload_stem(path: str | Path) -> str:
+    """An uploaded file's name without its extension, as a safe part of a result name."""
+    return safe_stem(Path(safe_stem(str(path))).stem)
 
 
 def result_tags(args: argparse.Namespace) -> list[str]:
@@ -55,7 +71,8 @@ def result_tags(args: argparse.Namespace) -> list[str]:
 def output_name(clean_name: str, trans: float, speaker: str, args: argparse.Namespace) -> str:
     """The result's file name before any numbering: 4.1's name, the tags, the format as typed.
 
-    A hidden input (`.take.wav`) loses its leading dots, so that its result is not hidden too.
+    Only the input's base name counts (`sub/x.wav` gives `x.wav_...`); a hidden input (`.take.wav`) loses its
+    leading dots, so that its result is not hidden too.
     """
     stem = "_".join([base_stem(clean_name, trans, speaker, args), *result_tags(args)])
     return f"{stem}.{args.wav_format}"
@@ -63,12 +80,12 @@ def output_name(clean_name: str, trans: float, speaker: str, args: argparse.Name
 
 def claim_result_path(folder: Path, name: str, overwrite: bool) -> Path:
     """`folder/name`, or when that exists and `overwrite` is off, the first free `<stem>_<n><ext>`."""
-    target = folder / name
+    target = file_in_folder(folder, name)
     if overwrite or not _taken(target):
         return target
     stem, dot, ext = name.rpartition(".")
     number = 1
-    while _taken(candidate := folder / f"{stem}_{number}{dot}{ext}"):
+    while _taken(candidate := file_in_folder(folder, f"{stem}_{number}{dot}{ext}")):
         number += 1
     logger.info(f"{target} exists already; writing {candidate.name} instead (--overwrite replaces it)")
     return candidate

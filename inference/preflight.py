@@ -20,7 +20,8 @@ from loguru import logger
 
 from inference.spkmix import Timeline, load_timeline
 from inference.speakers import speaker_id
-from core.config import HParams, load_config, load_model_config
+from core.cli_types import check_device
+from core.config import HParams, load_diffusion_config, load_model_config
 from core.errors import AudioError, ConfigError, SvcError
 from core.filekind import describe_non_checkpoint
 from core.fileio import NotACheckpointError
@@ -67,6 +68,7 @@ class Job:
 
 def check_before_loading(args: argparse.Namespace) -> Job:
     """Check the whole run without loading a model; return its plan or raise one SvcError."""
+    check_device(getattr(args, "device", None))
     facts = model_facts(args)
     inputs = check_inputs(args)
     results_dir = prepare_results_dir(Path(args.results_dir))
@@ -138,6 +140,13 @@ def _check_readable_audio(path: Path) -> None:
         raise AudioError(f"input {path} is not an audio file soundfile can read{hint}: {error}") from None
     if info.frames == 0:
         raise AudioError(f"input {path} holds no samples")
+
+
+def check_input_length(n_samples: int, sr: int, model_rate: int, hop_length: int, what: str) -> None:
+    """Refuse audio shorter than one model frame (hop_length samples at the model rate): it converts to nothing."""
+    if n_samples * model_rate < hop_length * sr:
+        raise AudioError(f"{what} is too short to convert: {n_samples} sample(s) at {sr} Hz, less than one model "
+                         f"frame ({hop_length} samples at {model_rate} Hz, {1000 * hop_length / model_rate:.1f} ms)")
 
 
 def prepare_results_dir(folder: Path) -> Path:
@@ -243,7 +252,7 @@ def check_f0_predictor(name: str, pretrain: Path) -> None:
 def diffusion_config(args: argparse.Namespace) -> HParams:
     """The diffusion config (-dc), once the diffusion model (-dm) is known to exist."""
     _required_file(args.diffusion_model_path, "diffusion model", "-dm", "; train one with train_diff.py")
-    return load_config(_required_file(args.diffusion_config_path, "diffusion config", "-dc"))
+    return load_diffusion_config(_required_file(args.diffusion_config_path, "diffusion config", "-dc"))
 
 
 def check_vocoder(args: argparse.Namespace, pretrain: Path) -> None:

@@ -7,12 +7,12 @@ from JSON, or from a 4.1 `spkmix.py` without executing it (the dict literal is p
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.config import parse_config_text, read_config_text
 from core.errors import ConfigError
 
 Timeline = dict[int, list[list[float]]]
@@ -23,16 +23,13 @@ def load_timeline(path: str | Path, speakers: Mapping[str, int]) -> Timeline:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"speaker-mix timeline not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_config_text(path, "speaker-mix timeline")
     raw = _parse_python_map(text, path) if path.suffix == ".py" else _parse_json(text, path)
     return validate_timeline(raw, speakers, source=str(path))
 
 
 def _parse_json(text: str, path: Path) -> dict:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"cannot parse speaker-mix timeline {path}: {error}") from None
+    data = parse_config_text(text, path, "speaker-mix timeline")
     if not isinstance(data, dict):
         raise ConfigError(f"speaker-mix timeline {path} must hold an object mapping speakers to segments")
     return data
@@ -43,12 +40,14 @@ def _parse_python_map(text: str, path: Path) -> dict:
     try:
         tree = ast.parse(text, filename=str(path))
     except SyntaxError as error:
-        raise ConfigError(f"cannot parse {path}: {error}") from None
+        raise ConfigError(f"cannot parse {path}: {error.msg} (line {error.lineno})") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ConfigError(f"cannot parse {path}: it is nested too deeply or holds a null byte") from None
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "spk_mix_map" for t in node.targets):
             try:
                 value = ast.literal_eval(node.value)
-            except ValueError:
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
                 raise ConfigError(f"spk_mix_map in {path} must be a plain literal (numbers, lists, dict)") from None
             if isinstance(value, dict):
                 return value
@@ -77,7 +76,7 @@ def _speaker_id(key: object, speakers: Mapping[str, int], source: str) -> int:
         return int(speakers[key])
     try:
         sid = int(key)  # JSON object keys are strings: "0", "1", ...
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{source}: unknown speaker {key!r}; the model has {', '.join(speakers)}") from None
     if not 0 <= sid < len(speakers):
         raise ConfigError(f"{source}: speaker id {sid} is out of range 0..{len(speakers) - 1}")
@@ -94,7 +93,7 @@ def _validate_segments(segments: object, key: object, source: str) -> list[list[
             raise ConfigError(f"{where}: segment {i} must be [t_start, t_end, w_start, w_end]")
         try:
             t0, t1, w0, w1 = (float(v) for v in segment)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}: segment {i} holds a value that is not a number") from None
         if not all(np.isfinite([t0, t1, w0, w1])):
             raise ConfigError(f"{where}: segment {i} holds NaN or infinity")

@@ -24,11 +24,13 @@ from tqdm import tqdm
 
 from inference.loudness import mix_loudness
 from inference.precision import ORT_PRECISIONS, resolve_precision
-from inference.preflight import NO_F0_DECODER_IN_CONFIG, NO_F0_DECODER_WEIGHTS, auto_f0_refusal
+from inference.preflight import (NO_F0_DECODER_IN_CONFIG, NO_F0_DECODER_WEIGHTS, auto_f0_refusal,
+                                 check_input_length)
 from inference.speakers import speaker_id
 from inference.spkmix import Timeline, mix_weights
 from core.audio import fit_length, resample
 from core.checkpoint import read_state_dict
+from core.cli_types import check_device
 from core.config import load_model_config
 from core.dsp import repeat_expand_2d, volume
 from core.errors import ConfigError, SvcError
@@ -88,6 +90,8 @@ class Svc:
         from models import generator_for_weights
         from vencoder.ort_encoder import speech_encoder
 
+        if isinstance(device, str):
+            check_device(device)
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = resolve_precision(precision, self.device)
         self.config = load_model_config(config_path)
@@ -172,6 +176,10 @@ class Svc:
 
     def speaker_id(self, speaker: str | int) -> int:
         return speaker_id(self.spk2id, speaker)
+
+    def check_length(self, n_samples: int, sr: int, what: str) -> None:
+        """AudioError naming `what` when the audio is shorter than one frame of this model."""
+        check_input_length(n_samples, sr, self.target_sample, self.hop_length, what)
 
     def check_options(self, opts: ConversionOptions) -> None:
         """Refuse options this model cannot honour, before any work is done."""
@@ -273,6 +281,7 @@ class Svc:
         Inputs longer than PROGRESS_MIN_SECONDS show a progress bar (seconds of audio done) named `label`.
         """
         self.check_options(opts)
+        self.check_length(len(audio), sr, label or "the input")
         wav = resample(np.asarray(audio, dtype=np.float32), sr, self.target_sample)
         total_frames = max(len(wav) // self.hop_length, 1)
         mix = mix_weights(timeline, total_frames) if timeline is not None else None

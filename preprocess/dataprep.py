@@ -17,6 +17,7 @@ import librosa
 import numpy as np
 import pyloudnorm
 import soundfile
+from loguru import logger
 
 from core.audio import fit_length, load_audio, resample, write_audio
 from preprocess.file_jobs import (Job, Outcome, Report, audio_extensions, drop_collisions, is_up_to_date, run_jobs,
@@ -30,6 +31,26 @@ PEAK_GUARD = 0.98         # 4.1: a peak above 1.0 is scaled down to this
 SILENT_PEAK = 1e-3        # below -60 dBFS a file counts as silent
 LOUDNORM_CEILING = 0.99   # --loudnorm never raises the peak above this
 MIN_TRAIN_SECONDS = 0.3   # preprocess_flist_config.py leaves shorter files out
+LONG_CLIP_SECONDS = 30.0  # longer clips are noted: training crops a few seconds of each, so cut them first
+LONG_CLIP_NOTE = "s long; training uses a few seconds of each clip at a time, cut it first with slice_audio.py"
+
+
+def folder_overlap(in_dir: Path, out_dir: Path, in_flag: str, out_flag: str) -> str | None:
+    """Why `out_dir` must not take the outputs of `in_dir`, or None when the two are apart.
+
+    Outputs mirror the inputs' relative paths, so an output folder equal to, inside or around the input
+    folder would write over source recordings (and a later run would take the outputs for inputs).
+    """
+    source, target = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if source == target:
+        return f"{out_flag} must differ from {in_flag} (sources are never overwritten)"
+    if target.is_relative_to(source):
+        return (f"{out_flag} {out_dir} lies inside {in_flag} {in_dir}; choose a folder outside it "
+                "(sources are never overwritten)")
+    if source.is_relative_to(target):
+        return (f"{in_flag} {in_dir} lies inside {out_flag} {out_dir}; the outputs could replace source files, "
+                "choose folders apart")
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,8 @@ def prepare_training_audio(audio: np.ndarray, sr: int, settings: ResampleSetting
     if len(audio) < MIN_TRAIN_SECONDS * settings.sr:
         notes.append(f"only {len(audio) / settings.sr:.2f} s after trimming; "
                      f"preprocess_flist_config.py leaves files under {MIN_TRAIN_SECONDS} s out")
+    if len(audio) > LONG_CLIP_SECONDS * settings.sr:
+        notes.append(f"{len(audio) / settings.sr:.0f} {LONG_CLIP_NOTE}")
     return to_pcm16(audio), notes
 
 
@@ -113,7 +136,12 @@ def resample_dataset(in_dir: Path, out_dir: Path, settings: ResampleSettings, nu
     jobs = [Job(path, out_dir / path.relative_to(in_dir).with_suffix(".wav"), path.relative_to(in_dir).as_posix())
             for _, path in speaker_files(in_dir, audio_extensions(), report)]
     jobs = drop_collisions(jobs, report)
-    return run_jobs(jobs, settings, num_processes, "resample", report)
+    report = run_jobs(jobs, settings, num_processes, "resample", report)
+    long_clips = sum(LONG_CLIP_NOTE in outcome.note for outcome in report.done)
+    if long_clips:
+        logger.warning(f"{long_clips} clip(s) are longer than {LONG_CLIP_SECONDS:g} s (NOTE lines below); "
+                       "slice_audio.py cuts recordings into clips on their pauses")
+    return report
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ and the run ends with one report naming every failed or noteworthy file.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ _EXTENSIONS = {
     "AIFF": (".aif", ".aiff", ".aifc"), "W64": (".w64",), "RF64": (".rf64",), "CAF": (".caf",),
     "AU": (".au", ".snd"),
 }
+
+
+OWN_RECORD = re.compile(r"\..+\.slices\.json")  # slice_audio.py's record beside its clips
 
 
 def audio_extensions() -> frozenset[str]:
@@ -71,30 +75,51 @@ class Report:
 def speaker_files(in_dir: Path, extensions: frozenset[str], report: Report) -> Iterator[tuple[str, Path]]:
     """(speaker, file) for every audio file below each speaker folder of `in_dir`, sorted.
 
-    Hidden names (starting with '.') are passed over; other files are listed in report.ignored.
+    Extensions count in any case (`TAKE.WAV`). Hidden names (starting with '.') are left out, and like every
+    other file left out they are listed in report.ignored with the reason; a broken link is a failed file.
     """
     if not in_dir.is_dir():
         raise SvcError(f"input folder {in_dir} does not exist; put audio in {in_dir}/<speaker>/")
     for entry in sorted(in_dir.iterdir()):
         if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
+            _ignore_hidden(entry, in_dir, report)
+        elif not entry.is_dir():
             report.ignored.append(f"{entry.name}: not inside a speaker folder ({in_dir}/<speaker>/)")
-            continue
-        for path in sorted(_walk(entry)):
-            rel = path.relative_to(in_dir).as_posix()
-            if path.suffix.lower() in extensions:
-                yield entry.name, path
-            else:
-                report.ignored.append(f"{rel}: not an audio format this tool reads")
+        else:
+            yield from _speaker_audio(entry, in_dir, extensions, report)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _speaker_audio(folder: Path, in_dir: Path, extensions: frozenset[str],
+                   report: Report) -> Iterator[tuple[str, Path]]:
+    for path in sorted(_walk(folder, in_dir, report)):
+        rel = path.relative_to(in_dir).as_posix()
+        if path.suffix.lower() not in extensions:
+            report.ignored.append(f"{rel}: not an audio format this tool reads")
+        elif path.is_symlink() and not path.exists():
+            report.add(Outcome(rel, "failed", f"a broken link (to {os.readlink(path)}, which does not exist)"))
+        else:
+            yield folder.name, path
+
+
+def _walk(folder: Path, in_dir: Path, report: Report) -> Iterator[Path]:
+    """Every file below `folder`; hidden files and folders go to report.ignored instead."""
     for root, dirs, files in os.walk(folder):
+        for name in [d for d in dirs if d.startswith(".")]:
+            _ignore_hidden(Path(root) / name, in_dir, report)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.startswith("."):
+            if name.startswith("."):
+                _ignore_hidden(Path(root) / name, in_dir, report)
+            else:
                 yield Path(root) / name
+
+
+def _ignore_hidden(path: Path, in_dir: Path, report: Report) -> None:
+    """List a hidden file or folder as ignored; this tool's own records (`.<stem>.slices.json`) go unlisted."""
+    if OWN_RECORD.fullmatch(path.name):
+        return
+    what = "folder" if path.is_dir() else "file"
+    report.ignored.append(f"{path.relative_to(in_dir).as_posix()}: hidden {what} (its name starts with '.')")
 
 
 def drop_collisions(jobs: Iterable[Job], report: Report) -> list[Job]:

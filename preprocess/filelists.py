@@ -39,7 +39,7 @@ def scan_dataset(source_dir: Path) -> Dataset:
     odd_names: list[str] = []
     for folder in sorted(p for p in source_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         usable = []
-        for path in sorted(_wavs(folder)):
+        for path in sorted(_wavs(folder, dataset.warnings)):
             rel = path.relative_to(folder).as_posix()
             duration = _duration(path, dataset.warnings)
             if duration is None:
@@ -63,11 +63,18 @@ def scan_dataset(source_dir: Path) -> Dataset:
     return dataset
 
 
-def _wavs(folder: Path) -> list[Path]:
+def _wavs(folder: Path, warnings: list[str]) -> list[Path]:
+    """The wavs below `folder` (`.wav` in any case); hidden ones are left out and named in `warnings`."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root) / f for f in files if f.lower().endswith(".wav") and not f.startswith(".")]
+        wavs = [Path(root) / f for f in files if f.lower().endswith(".wav")]
+        for path in wavs:
+            if path.name.startswith("."):
+                warnings.append(f"{folder.name}/{path.relative_to(folder).as_posix()}: a hidden file "
+                                "(its name starts with '.'); left out")
+            else:
+                found.append(path)
     return found
 
 

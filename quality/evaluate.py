@@ -20,6 +20,7 @@ from loguru import logger
 from core.audio import load_audio
 from core.errors import SvcError
 from core.fileio import atomic_path
+from core.outputs import safe_stem
 from evaluation import artefacts, speaker
 from evaluation.pitch import check_tracker
 from evaluation.report import COLUMNS, MEANINGS, FileReport, SourceAnalysis, analyse_source, measure, overall, table
@@ -93,7 +94,8 @@ def pair_converted(sources: list[Path], converted: list[str]) -> list[tuple[int,
         if not result.is_file():
             raise SvcError(f"--converted {result}: no such file")
         matches = [(len(prefix), i) for i, source in enumerate(sources)
-                   for prefix in (source.name, source.stem) if result.name.startswith(prefix)]
+                   for prefix in (source.name, source.stem, safe_stem(source.name))
+                   if result.name.startswith(prefix)]
         if not matches:
             raise SvcError(f"--converted {result.name}: no source's name begins its name; give its source with -n "
                            f"({', '.join(s.name for s in sources)})")

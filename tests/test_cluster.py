@@ -167,8 +167,9 @@ def test_script(tmp_path, script):
     write_units(tmp_path / "ds" / "alice" / "a.wav.soft.pt", rows)
     result = run_script(script, "--dataset", tmp_path / "ds", "--output", tmp_path / "logs", "--gpu", cwd=tmp_path)
     assert "only 40 frames" in result.stderr  # default 10000 clusters clamped, with a warning
-    books = load_kmeans(tmp_path / "logs" / "kmeans_10000.pt")
+    books = load_kmeans(tmp_path / "logs" / "kmeans_40.pt")  # named for the centres it holds
     assert tuple(books["alice"].shape) == (40, DIM)
+    assert not (tmp_path / "logs" / "kmeans_10000.pt").exists()
 
 
 def test_script_missing_dataset_is_one_line_error(tmp_path):

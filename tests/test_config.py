@@ -154,7 +154,7 @@ def test_load_model_config_fills_what_old_configs_lack(tmp_path):
     config["model"]["ssl_dim"] = 256
     (tmp_path / "old.json").write_text(json.dumps(config), encoding="utf-8")
     loaded = load_model_config(tmp_path / "old.json")
-    assert loaded.model.speech_encoder == "vec768l12"
+    assert loaded.model.speech_encoder == "vec256l9"  # a 4.0 model (ssl_dim 256), as 4.1's README advises
     assert loaded.model.vol_embedding is False
     assert loaded.data.unit_interpolate_mode == "left"
     assert loaded.model.ssl_dim == 256
@@ -162,7 +162,7 @@ def test_load_model_config_fills_what_old_configs_lack(tmp_path):
 
 def test_load_model_config_keeps_present_values_and_refuses_non_model_configs(tmp_path):
     config = load_template("config_template.json").to_dict()
-    config["model"]["speech_encoder"] = "vec256l9"
+    config["model"]["speech_encoder"], config["model"]["ssl_dim"] = "vec256l9", 256  # they must agree
     config["data"]["unit_interpolate_mode"] = "nearest"
     (tmp_path / "new.json").write_text(json.dumps(config), encoding="utf-8")
     loaded = load_model_config(tmp_path / "new.json")

@@ -19,10 +19,11 @@ import soundfile
 from loguru import logger
 
 from core.audio import load_audio, write_audio
-from core.errors import AudioError, ConfigError
+from core.cli_types import check_number
+from core.errors import AudioError, ConfigError, SvcError
 from core.registry import F0_PREDICTOR_RECORDS
 from inference.convert_files import load_svc, options_for
-from inference.naming import claim_result_path
+from inference.naming import claim_result_path, speaker_part, upload_stem
 from inference.preflight import (check_auto_f0, check_model_files, check_pretrained_files, model_facts,
                                  prepare_results_dir)
 from inference.speakers import speaker_id
@@ -83,8 +84,28 @@ class Conversion:
     notes: list[str] = field(default_factory=list)
 
 
+# The form's numbers and the ranges inference_main.py's flag types give them: (low, high, open_low, open_high).
+NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "trans": (-MAX_TRANSPOSE, MAX_TRANSPOSE, False, False), "cluster_infer_ratio": (0, 1, False, False),
+    "noice_scale": (0, None, False, False), "f0_filter_threshold": (0, None, False, False),
+    "slice_db": (-100, 0, True, True), "pad_seconds": (0, None, False, False), "clip": (0, None, False, False),
+    "linear_gradient": (0, None, False, False), "linear_gradient_retain": (0, 1, True, False),
+    "loudness_envelope_adjustment": (0, 1, False, False), "enhancer_adaptive_key": (None, None, False, False),
+    "k_step": (1, None, False, False),
+}
+
+
 def check_settings(settings: ConvertSettings) -> None:
-    """The ranges inference_main.py's check_args enforces, for callers other than the sliders."""
+    """The ranges inference_main.py's flags enforce, for callers other than the sliders; NaN is refused too
+    (`abs(nan) > 48` is False, so a comparison alone lets it through)."""
+    for name, (low, high, open_low, open_high) in NUMBER_RANGES.items():
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {type(value).__name__}")
+        try:
+            check_number(float(value), name, low, high, open_low, open_high)
+        except SvcError as error:
+            raise ConfigError(str(error)) from None
     if abs(settings.trans) > MAX_TRANSPOSE:
         raise ConfigError(f"transpose {settings.trans:g} is out of range -{MAX_TRANSPOSE}..{MAX_TRANSPOSE} semitones")
     if not 0 <= settings.cluster_infer_ratio <= 1:
@@ -225,7 +246,7 @@ class Converter:
             plot = self.plot(svc, audio, sr, out, settings)
         progress(0.95, "writing the result")
         speaker_name = "spk_mix" if timeline is not None else str(speaker)
-        stem = f"{Path(audio_path).stem}_{settings.trans:g}key_{speaker_name}"
+        stem = f"{upload_stem(audio_path)}_{settings.trans:g}key_{speaker_part(speaker_name)}"
         target = claim_result_path(prepare_results_dir(self.results_dir), f"{stem}.wav", overwrite=False)
         write_audio(target, out, svc.target_sample, subtype=None, format="wav")
         return Conversion(target, svc.target_sample, len(out) / svc.target_sample, len(audio) / sr, plot, took)

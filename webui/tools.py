@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import SvcError
+from core.outputs import check_output_file
 
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MIX_MODES = ("convex", "linear")
@@ -42,8 +43,7 @@ def mix_models(checkpoints: list[Path], percentages: list[float], mode: str, out
 
     if mode not in MIX_MODES:
         raise SvcError(f"mix mode must be one of {', '.join(MIX_MODES)}, got {mode!r}")
-    if output.exists():
-        raise SvcError(f"{output} exists already; choose another output name")
+    check_output_file(output, checkpoints, "output", overwrite=False)
     torch_save(mix_checkpoints([str(path) for path in checkpoints], percentages, mode), output)
     return output
 
@@ -53,15 +53,16 @@ def compress_model(checkpoint: Path, config: Path, half: bool) -> tuple[Path, in
     import torch
 
     from core.checkpoint import read_checkpoint, release_checkpoint
-    from core.config import load_config
+    from core.config import load_model_config
     from core.fileio import torch_save
     from training.loop import build_generator
 
-    hps = load_config(config)
+    hps = load_model_config(config, need_train=True)
     model = build_generator(hps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(hps.train.learning_rate),
                                   betas=tuple(hps.train.betas), eps=float(hps.train.eps))
     output = checkpoint.with_name(f"{checkpoint.stem}_release{'_half' if half else ''}{checkpoint.suffix}")
+    check_output_file(output, [checkpoint], "output", overwrite=False, only_checkpoints=True)
     torch_save(release_checkpoint(read_checkpoint(checkpoint), optimizer.state_dict(), half=half), output)
     return output, checkpoint.stat().st_size, output.stat().st_size
 

@@ -24,8 +24,9 @@ from loguru import logger
 from tqdm import tqdm
 
 from core.audio import resample, write_audio
-from core.config import load_model_config
-from core.errors import SvcError
+from core.cli_types import MAX_TRANSPOSE, check_number
+from core.config import load_model_config, parse_config_text, read_config_text
+from core.errors import ConfigError, SvcError
 from core.fileio import atomic_path, torch_save
 from preprocess.features import FeatureExtractor, FeatureSettings, feature_paths, output_is_valid
 
@@ -84,6 +85,7 @@ def find_wavs(in_dir: Path, pattern: str) -> list[Path]:
 def check_inputs(in_dir: Path, wavs: list[Path], settings: SpecialiseSettings) -> None:
     """Refuse before loading anything: missing model files, a keep folder inside the dataset, wavs without
     their original features."""
+    check_number(settings.trans, "-t/--trans", -MAX_TRANSPOSE, MAX_TRANSPOSE)
     for path, flag in ((settings.model_path, "-m"), (settings.config_path, "-c"),
                        (settings.dataset_config, "--dataset_config")):
         if not Path(path).is_file():
@@ -104,10 +106,17 @@ def is_finished(wav: Path, record: dict[str, Any]) -> bool:
     path = record_path(wav)
     if not path.is_file() or not output_is_valid("soft", feature_paths(wav, FeatureSettings())["soft"]):
         return False
+    return read_record(path) == record
+
+
+def read_record(path: Path) -> Any:
+    """A wav's specialised.json, or None when it cannot be read (damaged, huge, binary, nested absurdly):
+    such a file is redone, not trusted."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")) == record
-    except (OSError, ValueError):
-        return False
+        return parse_config_text(read_config_text(path, "specialisation record"), path, "specialisation record")
+    except ConfigError as error:
+        logger.warning(f"{error}; converting the wav again")
+        return None
 
 
 def unit_extractor(settings: SpecialiseSettings, device: str) -> FeatureExtractor:
