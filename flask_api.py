@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.cli_types import finite_float, int_range
 from core.errors import run_cli
 from inference.precision import PRECISION_HELP, PRECISIONS
 from server.settings import DEFAULT_HOST, DEFAULT_PORT
@@ -26,9 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="k-means model or feature index (-fr) for each model, in -m order ('' for none)")
     add("-fr", "--feature_retrieval", action="store_true", help="the -cm files are feature indexes")
     add("--host", default=DEFAULT_HOST, help="address to listen on (default: loopback only)")
-    add("--port", type=int, default=DEFAULT_PORT, help="port (4.1's and the VST plugin's: 6842)")
-    add("--max_upload_mb", type=float, default=50, help="largest request body accepted, in MB")
-    add("--max_seconds", type=float, default=600, help="longest audio accepted per request, in seconds")
+    add("--port", type=int_range(1, 65535), default=DEFAULT_PORT, help="port (4.1's and the VST plugin's: 6842)")
+    add("--max_upload_mb", type=finite_float(0, open_low=True), default=50, help="largest request body accepted, in MB")
+    add("--max_seconds", type=finite_float(0, open_low=True), default=600,
+        help="longest audio accepted per request, in seconds")
+    add("--header_timeout", type=finite_float(0, open_low=True), default=30,
+        help="seconds a connection may take to send a request's headers before it is closed")
+    add("--body_timeout", type=finite_float(0, open_low=True), default=30,
+        help="seconds an upload may pause (no byte arriving) before its connection is closed")
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders and f0 predictors")
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)

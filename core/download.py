@@ -14,6 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Mapping
@@ -37,6 +38,11 @@ EXTRA_NAMES: dict[str, tuple[str, ...]] = {
     **{name: other.files for name, other in OTHER_PRETRAINED.items()},
 }
 ALL_AVAILABLE = "all-available"
+# What one pretrained zip may unpack to, judged by the sizes its members declare before anything is written. The
+# largest real one (RMVPE's model.pt) is ~181 MB; a "zip bomb" of zeros declares far more than it weighs.
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
 class DownloadError(SvcError):
@@ -146,8 +152,10 @@ def extract_members(zip_path: str | os.PathLike, wanted: Mapping[str, str | os.P
     """Extract the members named in `wanted` (member -> destination path) and nothing else.
 
     A member is found by its exact name, else by a unique member with that file name in any folder (zips
-    often wrap their files in one). A zip with a member name that leaves its folder (`../x`, `/x`) or that
-    is a link is refused before anything is written. Each destination is written atomically.
+    often wrap their files in one). A zip with a member name that leaves its folder (`../x`, `/x`), that is
+    a link, or whose members declare more than MAX_MEMBER_BYTES each or MAX_UNPACKED_BYTES in all is refused
+    before anything is written; no member is written past the size it declares. Each destination is written
+    atomically.
     """
     zip_path = Path(zip_path)
     try:
@@ -156,18 +164,48 @@ def extract_members(zip_path: str | os.PathLike, wanted: Mapping[str, str | os.P
         raise SvcError(f"{zip_path} is not a readable zip file: {error}") from None
     with archive:
         infos = archive.infolist()
-        unsafe = [info.filename for info in infos if not is_safe_member(info.filename) or _is_link(info)]
-        if unsafe:
-            raise UnsafeFileError(f"{zip_path} was not unpacked: its member '{unsafe[0]}' would be written "
-                                  "outside the target folder or is a link")
+        check_members(infos, zip_path)
         chosen = {member: _find_member(infos, member, zip_path) for member in wanted}
         written = []
         for member, dest in wanted.items():
-            with atomic_path(dest) as tmp, archive.open(chosen[member]) as source, open(tmp, "wb") as out:
-                while chunk := source.read(CHUNK):
-                    out.write(chunk)
+            _extract(archive, chosen[member], Path(dest), zip_path)
             written.append(Path(dest))
     return written
+
+
+def check_members(infos: list[zipfile.ZipInfo], zip_path: Path) -> None:
+    """Refuse an archive with a member outside its folder, a link, or declared sizes above the caps."""
+    unsafe = [info.filename for info in infos if not is_safe_member(info.filename) or _is_link(info)]
+    if unsafe:
+        raise UnsafeFileError(f"{zip_path} was not unpacked: its member '{unsafe[0]}' would be written "
+                              "outside the target folder or is a link")
+    largest = max(infos, key=lambda info: info.file_size, default=None)
+    if largest is not None and largest.file_size > MAX_MEMBER_BYTES:
+        raise UnsafeFileError(f"{zip_path} was not unpacked: its member '{largest.filename}' declares "
+                              f"{largest.file_size} bytes, more than the {MAX_MEMBER_BYTES} a pretrained file may "
+                              "have; is it the published archive?")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_UNPACKED_BYTES:
+        raise UnsafeFileError(f"{zip_path} was not unpacked: its {len(infos)} members declare {total} bytes in "
+                              f"all, more than the {MAX_UNPACKED_BYTES} a pretrained archive may unpack to; is it "
+                              "the published archive?")
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, zip_path: Path) -> None:
+    """Write member `info` to `dest` atomically, never more bytes than it declares; a damaged member (bad
+    data, a CRC mismatch, an unsupported compression or encryption) is one SvcError naming the archive."""
+    try:
+        with atomic_path(dest) as tmp, archive.open(info) as source, open(tmp, "wb") as out:
+            left = info.file_size
+            while chunk := source.read(min(CHUNK, left + 1)):
+                left -= len(chunk)
+                if left < 0:
+                    raise UnsafeFileError(f"{zip_path} was not unpacked: its member '{info.filename}' holds more "
+                                          f"than the {info.file_size} bytes it declares")
+                out.write(chunk)
+    except ZIP_READ_ERRORS as error:
+        raise SvcError(f"{zip_path} could not be unpacked: its member '{info.filename}' is damaged or cannot be "
+                       f"read ({error})") from None
 
 
 def _is_link(info: zipfile.ZipInfo) -> bool:
@@ -317,6 +355,9 @@ def fetch(entry: DirectDownload, pretrain_dir: Path, base_url: str | None = None
 
 
 def _unpack(entry: DirectDownload, archive: Path, pretrain_dir: Path) -> None:
+    if entry.sha256 is None and entry.sha256_prefix is None:
+        logger.warning(f"{archive.name} ({entry.name}) is unverified: no sha256 is published for it; only its "
+                       "member names, types and sizes are checked before it is unpacked")
     extract_members(archive, {member: pretrain_dir / dest for member, dest in entry.unzip})
     logger.info(f"unpacked {', '.join(entry.files)} into {pretrain_dir}")
 

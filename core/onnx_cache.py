@@ -2,7 +2,9 @@
 
 The decoder body (vdecoder.ort_body) and the speech encoder (vencoder.ort_encoder) are each exported once
 per set of weights to `<cache>/<part>-<sha256 of the weights>-<kind>.onnx`. An .onnx file is data (a
-protobuf graph with its weights), never code; a damaged cache file is removed and built again.
+protobuf graph with its weights), never code; a damaged cache file is removed and built again. The name is not
+trusted: each graph records the full digest of the weights it was built from in its ONNX metadata
+(SOURCE_KEY), and a cache file that records other weights, or none, is removed and built again, never used.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import torch.nn as nn
 from loguru import logger
 
 from core.fileio import atomic_path
+
+SOURCE_KEY = "svc_source_sha256"  # metadata_props key: the digest of the weights a cached graph was built from
 
 
 def cache_dir() -> Path:
@@ -46,10 +50,12 @@ def file_digest(path: Path, version: int, folder: Path | None = None) -> str:
     """sha256 over a graph format `version` and the bytes of the file at `path` (a cache key).
 
     Hashing a 378 MB speech encoder takes 0.3 s, so the digest is remembered under `<folder>/digests/`, keyed by
-    the file's path, size, inode and modification time: a file replaced or touched is hashed again.
+    the file's path, size, inode, modification time and status-change time: a file replaced or touched is hashed
+    again, and so is one rewritten in place with its modification time put back (os.utime cannot set st_ctime).
     """
     stat = path.stat()
-    identity = f"v{version}:{path.resolve()}:{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}"
+    identity = (f"v{version}:{path.resolve()}:{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}:"
+                f"{stat.st_ctime_ns}")
     memo = (folder or cache_dir()) / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
     try:
         known = memo.read_text().strip()
@@ -69,18 +75,55 @@ def file_digest(path: Path, version: int, folder: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def cached_session(path: Path, threads: int, build: Callable[[Path], None]):
-    """A CPU session of the graph cached at `path`; `build(path)` writes it first when it is missing, or damaged
-    (ONNX Runtime refuses it: the file is removed and built again)."""
+def cached_session(path: Path, threads: int, build: Callable[[Path], None], source_digest: str):
+    """A CPU session of the graph cached at `path` for the weights of digest `source_digest`; `build(path)`
+    writes it first (and the digest is recorded in it) when it is missing, damaged (ONNX Runtime refuses it) or
+    built from other weights: such a file is removed and built again."""
     if path.is_file():
-        try:
-            return cpu_session(path, threads)
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
-            logger.warning(f"rebuilding the damaged cache file {path} ({str(error).strip().splitlines()[0]})")
-            path.unlink(missing_ok=True)
+        session = _trusted_session(path, threads, source_digest)
+        if session is not None:
+            return session
+        discard(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     build(path)
+    record_source(path, source_digest)
     return cpu_session(path, threads)
+
+
+def _trusted_session(path: Path, threads: int, source_digest: str):
+    """The session of the cached `path` if it opens and records `source_digest`; else None, with a warning."""
+    try:
+        session = cpu_session(path, threads)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
+        logger.warning(f"rebuilding the damaged cache file {path} ({str(error).strip().splitlines()[0]})")
+        return None
+    recorded = session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+    if recorded == source_digest:
+        return session
+    found = f"weights of digest {recorded[:16]}..." if recorded else "no weights"
+    logger.warning(f"rebuilding the cache file {path}: it records {found}, not the weights it is cached for "
+                   f"({source_digest[:16]}...), so it is not used")
+    return None
+
+
+def discard(path: Path) -> None:
+    """Remove the cached graph `path` and its external weights `<path>.data`, if any."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.data").unlink(missing_ok=True)
+
+
+def record_source(path: Path, source_digest: str) -> None:
+    """Write `source_digest` into the graph's metadata_props (SOURCE_KEY), replacing the file whole. External
+    weights beside it are left as they are: the graph is read and written without them."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    entries = [entry for entry in model.metadata_props if entry.key != SOURCE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    model.metadata_props.add(key=SOURCE_KEY, value=source_digest)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save_model(model, str(tmp))
 
 
 def cpu_session(path: Path, threads: int):

@@ -15,7 +15,9 @@ from loguru import logger
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from core.audio import read_error_reason
 from core.errors import SvcError
 from inference.svc import ConversionOptions
 from server.audio_io import check_format, decode_upload, encode_audio, media_type, to_rate
@@ -40,13 +42,22 @@ def create_app(pool: ModelPool, limits: Limits) -> FastAPI:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    """Every refusal is answered by its one line, passed through core.audio.read_error_reason so that no text a
+    library put in an error (an in-memory file's object address) reaches the client."""
     @app.exception_handler(SvcError)
     async def user_error(_request: Request, error: SvcError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=status_of(error))
+        return JSONResponse({"error": read_error_reason(error)}, status_code=status_of(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+        return JSONResponse({"error": read_error_reason(RequestError(str(error.detail)))},
+                            status_code=error.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _error: ClientDisconnect) -> Response:
+        """The client closed the connection before its request was read: nobody is left to answer."""
+        logger.warning(f"client went away during the upload of {request.url.path}")
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:

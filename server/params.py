@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from core.config_schema import describe
 from inference.preflight import check_f0_predictor
 from inference.svc import ConversionOptions
 from server.errors import RequestError
@@ -47,10 +48,12 @@ def number(fields: Mapping[str, Any], name: str, default: float, low: float, hig
         if isinstance(value, bool):
             raise ValueError
         parsed = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(parsed) or not low <= parsed <= high:
-        raise RequestError(f"{name} must lie within {low:g}..{high:g}, got {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise RequestError(f"{name} must be a number, got {describe(value)}") from None
+    if not math.isfinite(parsed):
+        raise RequestError(f"{name} must be a finite number, got {describe(value)}")
+    if not low <= parsed <= high:
+        raise RequestError(f"{name} must lie within {low:g}..{high:g}, got {describe(value)}")
     return parsed
 
 
@@ -58,7 +61,7 @@ def integer(fields: Mapping[str, Any], name: str, default: int, low: int, high: 
     """Field `name` as a whole number within low..high ('44100.0' is accepted, as 4.1 does)."""
     parsed = number(fields, name, default, low, high)
     if parsed != int(parsed):
-        raise RequestError(f"{name} must be a whole number, got {fields.get(name)!r}")
+        raise RequestError(f"{name} must be a whole number, got {describe(fields.get(name))}")
     return int(parsed)
 
 
@@ -69,7 +72,7 @@ def flag(fields: Mapping[str, Any], name: str) -> bool:
     word = str(value if value is not None else "").strip().lower()
     if word in TRUE_WORDS | FALSE_WORDS:
         return word in TRUE_WORDS
-    raise RequestError(f"{name} must be true or false, got {value!r}")
+    raise RequestError(f"{name} must be true or false, got {describe(value)}")
 
 
 def text(fields: Mapping[str, Any], name: str, default: str) -> str:
@@ -77,7 +80,7 @@ def text(fields: Mapping[str, Any], name: str, default: str) -> str:
     if value is None or value == "":
         return default
     if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise RequestError(f"{name} must be a string, got {value!r}")
+        raise RequestError(f"{name} must be a string, got {describe(value)}")
     return str(value)
 
 

@@ -27,7 +27,8 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_seconds=args.max_seconds)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_seconds=args.max_seconds,
+                    header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     return ServerSettings(model_specs(args), host=args.host, port=args.port, device=args.device,
                           precision=args.precision,
                           pretrain_dir=Path(args.pretrain_dir), limits=limits)
@@ -56,6 +57,7 @@ def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
     from server.body_limit import BodyLimit
     from server.pool import load_models
+    from server.timeouts import timed_protocol
 
     settings = settings_from(args)
     check_port_free(settings.host, settings.port)
@@ -68,6 +70,7 @@ def serve(args: argparse.Namespace) -> None:
                 f"(VST plugin: http://{settings.host}:{settings.port}/voiceChangeModel)")
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                    ws_max_size=settings.limits.max_upload_bytes)
+                    ws_max_size=settings.limits.max_upload_bytes,
+                    http=timed_protocol(settings.limits.header_timeout, settings.limits.body_timeout))
     except OSError as error:
         raise SvcError(f"cannot listen on {settings.host}:{settings.port} ({error.strerror or error})") from None

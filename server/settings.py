@@ -26,6 +26,8 @@ class Limits:
     max_block_seconds: float = 4.0      # one WebSocket block
     max_sample_rate: int = 384_000
     min_sample_rate: int = 1_000
+    header_timeout: float = 30.0        # seconds a connection may take to send a request's headers
+    body_timeout: float = 30.0          # seconds a request's body may go without a byte arriving
 
 
 @dataclass(frozen=True)

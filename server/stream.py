@@ -17,8 +17,10 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from core.audio import read_error_reason
 from core.errors import SvcError
 from inference.streaming import StreamingConverter, StreamSettings
+from server.audio_io import check_samples
 from server.errors import PayloadTooLarge, RequestError
 from server.params import conversion_options, integer, number, text
 from server.pool import LoadedModel, ModelPool
@@ -34,6 +36,7 @@ class StreamSession:
     converter: StreamingConverter
     sample_rate: int
     max_block: int
+    limits: Limits
 
     def convert(self, block: np.ndarray) -> np.ndarray:
         return self.model.run(self.converter.process, block)
@@ -71,10 +74,11 @@ def open_session(fields: dict[str, Any], pool: ModelPool, limits: Limits) -> Str
     options = conversion_options(fields, model)
     converter = model.run(StreamingConverter, model.svc, options, settings)
     return StreamSession(model, converter, settings.sample_rate,
-                         max_block=int(limits.max_block_seconds * settings.sample_rate))
+                         max_block=int(limits.max_block_seconds * settings.sample_rate), limits=limits)
 
 
 def parse_block(message: dict, session: StreamSession) -> np.ndarray:
+    """A binary message as samples, checked as an upload's are (server.audio_io.check_samples)."""
     data = message.get("bytes")
     if data is None:
         raise RequestError("after the first message, send binary blocks of float32 little-endian samples")
@@ -84,9 +88,7 @@ def parse_block(message: dict, session: StreamSession) -> np.ndarray:
     if len(block) > session.max_block:
         raise PayloadTooLarge(f"a block holds at most {session.max_block} samples "
                               f"({session.max_block / session.sample_rate:g} s), got {len(block)}")
-    if not np.isfinite(block).all():
-        raise RequestError("a block holds NaN or infinite samples")
-    return block
+    return check_samples(block, "a block", session.sample_rate, session.limits)
 
 
 async def serve_stream(websocket: WebSocket, pool: ModelPool, limits: Limits) -> None:
@@ -105,7 +107,7 @@ async def serve_stream(websocket: WebSocket, pool: ModelPool, limits: Limits) ->
     except WebSocketDisconnect:
         return
     except SvcError as error:
-        await websocket.send_json({"error": str(error)})
+        await websocket.send_json({"error": read_error_reason(error)})
         await websocket.close(code=POLICY_VIOLATION)
 
 

@@ -414,3 +414,31 @@ def test_stream_refusals(server, start, then, words):
         assert words in reply["error"]
         with pytest.raises(ConnectionClosed):
             websocket.recv(timeout=30)
+
+
+def upload_named(filename: bytes, data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+    """A multipart body whose file part carries `filename` byte for byte (NUL, '../' and all)."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="'.encode() + filename
+                 + b'"\r\nContent-Type: audio/wav\r\n\r\n' + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def test_an_upload_name_never_becomes_a_path(server, workdir):
+    before = {p.relative_to(workdir.parent) for p in workdir.parent.rglob("*")}
+    for filename in (b"../../evil\x00.wav", b"/tmp/abs.wav", b"a\\..\\..\\b.wav", "é".encode() * 150 + b".wav"):
+        body, content_type = upload_named(filename, wav_bytes(tone(1.0, SR), SR), {"spk": "alto", "tran": "0"})
+        status, _, reply = request(server, "POST", "/wav2wav", body, {"Content-Type": content_type})
+        assert status == 200, reply[:300]
+    after = {p.relative_to(workdir.parent) for p in workdir.parent.rglob("*")}
+    assert after - before <= {Path(workdir.name) / "server.log"}
+    assert not Path("/tmp/abs.wav").exists()
+
+
+def test_an_upload_shorter_than_one_frame_is_refused(server):
+    status, headers, body = post_form(server, "/api/convert", {"speaker": "alto"},
+                                      {"audio": wav_bytes(np.zeros(1), SR)})
+    assert_json_error(status, headers, body, 400, "too short to convert: 1 sample(s) at 44100 Hz")

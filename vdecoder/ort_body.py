@@ -76,8 +76,8 @@ def build_ort_body(generator: nn.Module, kind: str,
     if kind not in KINDS:
         raise ValueError(f"unknown decoder body kind {kind!r} (known: {', '.join(KINDS)})")
     folder = Path(folder) if folder is not None else cache_dir()
-    digest = weights_digest(generator, FORMAT_VERSION)[:32]
-    fp32_path = folder / f"decoder-{digest}-onnx.onnx"
+    digest = weights_digest(generator, FORMAT_VERSION)
+    fp32_path = folder / f"decoder-{digest[:32]}-onnx.onnx"
 
     def export(path: Path) -> None:
         logger.info(f"exporting the decoder to ONNX once for this model ({path.name})")
@@ -86,15 +86,15 @@ def build_ort_body(generator: nn.Module, kind: str,
     def quantise(path: Path) -> None:
         if calibration is None:
             raise ValueError("the int8 decoder body needs calibration inputs")
-        cached_session(fp32_path, 1, export)  # the float32 graph it starts from, checked
+        cached_session(fp32_path, 1, export, digest)  # the float32 graph it starts from, checked
         logger.info(f"quantising the decoder to int8 once for this model ({path.name})")
         quantize_body(fp32_path, path, calibration())
 
     threads = threads or torch.get_num_threads()
     if kind == "int8":
-        path = folder / f"decoder-{digest}-int8.onnx"
-        return OrtBody(path, cached_session(path, threads, quantise))
-    return OrtBody(fp32_path, cached_session(fp32_path, threads, export))
+        path = folder / f"decoder-{digest[:32]}-int8.onnx"
+        return OrtBody(path, cached_session(path, threads, quantise, digest))
+    return OrtBody(fp32_path, cached_session(fp32_path, threads, export, digest))
 
 
 def export_body(generator: nn.Module, path: Path) -> None:

@@ -74,8 +74,9 @@ def load_ort_encoder(name: str, pretrain_dir: str | Path, threads: int | None = 
         logger.info(f"exporting the speech encoder {name} to ONNX once for this weight file ({graph.name})")
         export_encoder(get_speech_encoder(name, "cpu", pretrain_dir).traceable(), graph)
 
-    graph = folder / f"encoder-{name}-{file_digest(path, FORMAT_VERSION, folder)[:32]}-onnx.onnx"
-    return OrtEncoder(name, path, graph, cached_session(graph, threads or torch.get_num_threads(), export))
+    digest = file_digest(path, FORMAT_VERSION, folder)
+    graph = folder / f"encoder-{name}-{digest[:32]}-onnx.onnx"
+    return OrtEncoder(name, path, graph, cached_session(graph, threads or torch.get_num_threads(), export, digest))
 
 
 def export_encoder(module: torch.nn.Module, path: Path) -> None:
