@@ -13,7 +13,7 @@ import argparse
 
 from core.cli_types import SLICE_DB, finite_float, int_range
 from core.errors import run_cli
-from inference.precision import PRECISION_HELP, PRECISIONS
+from inference.precision import NO_CLEANUP_HELP, PRECISION_HELP, PRECISIONS
 
 MAX_TRANSPOSE = 48  # semitones: four octaves either way is beyond any voice
 MIN_MAX_SLICE_SECONDS = 5.0
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_slice_seconds", type=finite_float(), default=30,
         help="slices longer than this are cut into crossfaded clips to bound memory (0: never)")
     add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    add("--no_cleanup", action="store_true", help=NO_CLEANUP_HELP)
     add("--overwrite", action="store_true",
         help="replace an existing result instead of writing <name>_1.<fmt>, <name>_2.<fmt> ...")
     return p

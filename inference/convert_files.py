@@ -28,7 +28,8 @@ def options_for(args: argparse.Namespace, speaker: str | int, trans: float) -> C
         loudness_envelope_adjustment=args.loudness_envelope_adjustment, k_step=args.k_step,
         second_encoding=args.second_encoding, slice_db=args.slice_db, pad_seconds=args.pad_seconds,
         clip_seconds=args.clip, linear_gradient=args.linear_gradient,
-        linear_gradient_retain=args.linear_gradient_retain, max_slice_seconds=args.max_slice_seconds)
+        linear_gradient_retain=args.linear_gradient_retain, max_slice_seconds=args.max_slice_seconds,
+        cleanup=not getattr(args, "no_cleanup", False))
 
 
 def load_svc(args: argparse.Namespace) -> Svc:

@@ -198,7 +198,8 @@ def stream_options(args: argparse.Namespace) -> ConversionOptions:
     return ConversionOptions(speaker=args.spk_list[0], trans=args.trans, cluster_infer_ratio=args.cluster_infer_ratio,
                              noice_scale=args.noice_scale, f0_predictor=args.f0_predictor,
                              f0_filter_threshold=args.f0_filter_threshold,
-                             loudness_envelope_adjustment=args.loudness_envelope_adjustment)
+                             loudness_envelope_adjustment=args.loudness_envelope_adjustment,
+                             cleanup=not getattr(args, "no_cleanup", False))
 
 
 def converter_factory(args: argparse.Namespace) -> Callable[[int], StreamingConverter]:

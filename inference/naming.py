@@ -8,6 +8,7 @@ overwrites the earlier. Here that name stays the prefix and tags follow it:
     _lea<x>    loudness envelope adjustment (-lea) other than 1
     _ks<k>     shallow-diffusion depth (-shd with -ks)
     _step<n>   the So-VITS model's step, from a model file named G_<n>.pth
+    _raw       no output stage (--no_cleanup): the output before DC removal and the pause gate
 
 Whatever the input or speaker name holds (folders, `..`, NUL, control characters, hundreds of bytes), the
 result is one plain name inside the results folder (core.outputs.safe_stem), checked again where it is claimed.
@@ -65,6 +66,8 @@ def result_tags(args: argparse.Namespace) -> list[str]:
     step = None if args.only_diffusion else model_step(args.model_path)
     if step is not None:
         tags.append(f"step{step}")
+    if getattr(args, "no_cleanup", False):
+        tags.append("raw")
     return tags
 
 

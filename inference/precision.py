@@ -32,6 +32,8 @@ PRECISIONS = ("auto", "fp32", "onnx", "int8", "bf16")
 ORT_PRECISIONS = ("onnx", "int8")
 PRECISION_HELP = ("arithmetic of the conversion: fp32 is 4.1's; auto picks the fastest path that keeps the output "
                   "within the model's own randomness on this machine (README: Convert, --precision)")
+NO_CLEANUP_HELP = ("skip the output stage (DC removal, silence in the source's pauses): with --precision fp32 "
+                   "this is so-vits-svc 4.1's computation sample for sample")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

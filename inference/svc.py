@@ -22,6 +22,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
+from inference.cleanup import DEFAULT_CLEANUP, clean_output, context_samples, settle_samples
 from inference.loudness import mix_loudness
 from inference.precision import ORT_PRECISIONS, resolve_precision
 from inference.preflight import (NO_F0_DECODER_IN_CONFIG, NO_F0_DECODER_WEIGHTS, auto_f0_refusal,
@@ -65,6 +66,7 @@ class ConversionOptions:
     linear_gradient_retain: float = 0.75
     max_slice_seconds: float = DEFAULT_MAX_SLICE_SECONDS  # 0: never cut a slice automatically
     seed: int = INFER_SEED               # seed of the model's random draws (prior noise, source phases)
+    cleanup: bool = True                 # output stage (inference.cleanup); False: 4.1's output (with fp32)
 
 
 @dataclass
@@ -244,14 +246,17 @@ class Svc:
     def _decodes_window(self, opts: ConversionOptions) -> bool:
         """Whether the decoder may skip the padding around a slice: on the ONNX Runtime paths (fp32 stays 4.1's
         computation), where nothing after the decoder reads the padded audio (enhancer, diffusion, loudness
-        mix). The kept samples are the same up to float rounding; a padded 5 s slice decodes 0.6 s less."""
+        mix) beyond the output stage's reach (`cleanup_margin`). The kept samples are the same up to float
+        rounding; a padded 5 s slice decodes 0.6 s less (0.3 s with the output stage)."""
         return (self.precision in ORT_PRECISIONS and self.enhancer is None and self.diffusion is None
                 and opts.loudness_envelope_adjustment == 1)
 
     def convert_clip(self, wav: np.ndarray, opts: ConversionOptions, mix: np.ndarray | None = None,
                      keep: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
         """Convert one clip `[N]` at the model rate. `mix`: per-frame speaker weights `[T, S]` (or None).
-        `keep` = (start, stop) samples: the caller keeps only those (the audio elsewhere may be 0).
+        `keep` = (start, stop) samples: the caller keeps only those (the audio elsewhere may be 0). The output
+        stage (`opts.cleanup`) filters the whole clip, so padding around `keep` keeps its edges out of them; where
+        less than its settling time follows `keep` (a stream's newest block), its high-pass runs forwards only.
 
         Returns (audio `[T * hop]` float32 at the model rate, number of frames T).
         """
@@ -259,10 +264,7 @@ class Svc:
         if len(wav) < self.hop_length:
             return np.zeros(len(wav), dtype=np.float32), 0
         inputs = self.clip_inputs(wav, opts, mix)
-        frames = None
-        if keep is not None:
-            n_frames = inputs.f0.shape[1]
-            frames = (min(keep[0] // self.hop_length, n_frames), min(-(-keep[1] // self.hop_length), n_frames))
+        frames = self._decoded_frames(keep, inputs.f0.shape[1], opts)
         audio, f0 = self.synthesize(inputs, wav, opts, frames)
         if self.enhancer is not None:
             audio = self.enhancer.enhance(audio, self.target_sample, f0[0].cpu().numpy(), self.hop_length,
@@ -270,7 +272,41 @@ class Svc:
         if opts.loudness_envelope_adjustment != 1:
             audio = mix_loudness(wav, self.target_sample, audio, self.target_sample,
                                  opts.loudness_envelope_adjustment)
+        if opts.cleanup:
+            audio = self._clean(audio, inputs.vol, frames, causal=self._ends_unpadded(keep, len(audio)))
         return audio.astype(np.float32), inputs.f0.shape[1]
+
+    def cleanup_margin(self) -> int:
+        """Frames the output stage reads beyond the samples it returns (the high-pass settling, the gate)."""
+        return -(-context_samples(self.target_sample, DEFAULT_CLEANUP) // self.hop_length)
+
+    def _decoded_frames(self, keep: tuple[int, int] | None, n_frames: int, opts: ConversionOptions
+                        ) -> tuple[int, int] | None:
+        """The frames to decode when only `keep` samples are wanted (None: all); with the output stage on,
+        widened by its margin, so that the kept samples are filtered as in a whole decode."""
+        if keep is None or not self._decodes_window(opts):
+            return None
+        margin = self.cleanup_margin() if opts.cleanup else 0
+        start = max(keep[0] // self.hop_length - margin, 0)
+        stop = -(-keep[1] // self.hop_length) + margin
+        return min(start, n_frames), min(stop, n_frames)
+
+    def _ends_unpadded(self, keep: tuple[int, int] | None, n_samples: int) -> bool:
+        """Whether the kept samples end too close to the clip's end for a zero-phase high-pass (a stream's
+        newest block): less than its settling time follows them."""
+        return keep is not None and n_samples - keep[1] < settle_samples(self.target_sample, DEFAULT_CLEANUP)
+
+    def _clean(self, audio: np.ndarray, vol: torch.Tensor, frames: tuple[int, int] | None,
+               causal: bool) -> np.ndarray:
+        """The output stage on a clip, or only on the decoded `frames` when the rest was not decoded (0)."""
+        frame_rms = vol[0].float().cpu().numpy()
+        if frames is None:
+            return clean_output(audio, frame_rms, self.hop_length, self.target_sample, causal=causal)
+        start, stop = frames[0] * self.hop_length, frames[1] * self.hop_length
+        cleaned = np.zeros(len(audio), dtype=np.float32)
+        cleaned[start:stop] = clean_output(audio[start:stop], frame_rms[frames[0]:frames[1]], self.hop_length,
+                                           self.target_sample, causal=causal)
+        return cleaned
 
     # ----- a whole recording --------------------------------------------------------------------
 

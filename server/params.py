@@ -65,11 +65,14 @@ def integer(fields: Mapping[str, Any], name: str, default: int, low: int, high: 
     return int(parsed)
 
 
-def flag(fields: Mapping[str, Any], name: str) -> bool:
+def flag(fields: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """Field `name` as true/false (1/0, yes/no, on/off as well); `default` when absent or empty."""
     value = fields.get(name)
     if isinstance(value, bool):
         return value
     word = str(value if value is not None else "").strip().lower()
+    if not word:
+        return default
     if word in TRUE_WORDS | FALSE_WORDS:
         return word in TRUE_WORDS
     raise RequestError(f"{name} must be true or false, got {describe(value)}")
@@ -94,7 +97,7 @@ def conversion_options(fields: Mapping[str, Any], model: LoadedModel, **fixed: A
     options: dict[str, Any] = {name: number(fields, name, bounds.default, bounds.low, bounds.high)
                                for name, bounds in NUMERIC_OPTIONS.items()}
     options.update(speaker=text(fields, "speaker", model.speakers[0]), f0_predictor=f0_predictor,
-                   auto_predict_f0=flag(fields, "auto_predict_f0"))
+                   auto_predict_f0=flag(fields, "auto_predict_f0"), cleanup=flag(fields, "cleanup", default=True))
     options.update(fixed)
     chosen = ConversionOptions(**options)
     model.svc.speaker_id(chosen.speaker)  # an unknown speaker is a 400 listing the model's speakers

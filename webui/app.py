@@ -148,7 +148,7 @@ def build_app(settings: WebSettings):
     def run_conversion(folder, checkpoint, cluster, model_file, config_file, cluster_file, audio, speaker, mix,
                        trans, f0_predictor, auto_f0, cluster_ratio, noise, f0_threshold, slice_db, pad, clip,
                        crossfade, retain, loudness, enhance, enhancer_key, shallow, k_step, second_encoding,
-                       progress=gr.Progress(track_tqdm=True)):
+                       cleanup, progress=gr.Progress(track_tqdm=True)):
         choice = model_choice(settings, folder, checkpoint, cluster, model_file, config_file, cluster_file)
         form = ConvertSettings(
             speaker=speaker or "", speaker_mix=mix or "", trans=float(trans), f0_predictor=f0_predictor,
@@ -157,7 +157,7 @@ def build_app(settings: WebSettings):
             clip=float(clip), linear_gradient=float(crossfade), linear_gradient_retain=float(retain),
             loudness_envelope_adjustment=float(loudness), enhance=bool(enhance),
             enhancer_adaptive_key=float(enhancer_key), shallow_diffusion=bool(shallow), k_step=int(k_step),
-            second_encoding=bool(second_encoding))
+            second_encoding=bool(second_encoding), cleanup=bool(cleanup))
         result = converter.convert(choice, form, audio, lambda share, what: progress(share, desc=what))
         return str(result.path), conversion_summary(result), result.plot
 
@@ -192,6 +192,8 @@ def build_app(settings: WebSettings):
                         noise = gr.Slider(0, 2, value=0.4, step=0.05, label="noise scale")
                         loudness = gr.Slider(0, 1, value=1, step=0.05,
                                              label="loudness envelope (1: output's, 0: input's)")
+                        cleanup = gr.Checkbox(value=True, label="Clean output",
+                                              info="remove the DC offset, silence the source's pauses")
                     with gr.Accordion("slicing and F0 filtering", open=False):
                         with gr.Row():
                             slice_db = gr.Slider(-100, 0, value=-40, step=1, label="silence threshold (dB)")
@@ -224,7 +226,8 @@ def build_app(settings: WebSettings):
             convert.click(shown_errors(run_conversion),
                           [folder, checkpoint, cluster, model_file, config_file, cluster_file, audio_in, speaker, mix,
                            trans, f0_predictor, auto_f0, cluster_ratio, noise, f0_threshold, slice_db, pad, clip,
-                           crossfade, retain, loudness, enhance, enhancer_key, shallow, k_step, second_encoding],
+                           crossfade, retain, loudness, enhance, enhancer_key, shallow, k_step, second_encoding,
+                           cleanup],
                           [audio_out, summary, plot], concurrency_limit=1)
         tools_tab(settings)
         train_tab(settings, jobs)

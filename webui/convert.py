@@ -71,6 +71,7 @@ class ConvertSettings:
     shallow_diffusion: bool = False
     k_step: int = 100
     second_encoding: bool = False
+    cleanup: bool = True                 # the output stage (DC removal, silent pauses); off: 4.1's output
 
 
 @dataclass
@@ -136,7 +137,7 @@ def script_args(choice: ModelChoice, settings: ConvertSettings, pretrain_dir: Pa
         loudness_envelope_adjustment=settings.loudness_envelope_adjustment, slice_db=settings.slice_db,
         pad_seconds=settings.pad_seconds, clip=settings.clip, linear_gradient=settings.linear_gradient,
         linear_gradient_retain=settings.linear_gradient_retain, max_slice_seconds=30.0,
-        precision=precision)
+        precision=precision, no_cleanup=not settings.cleanup)
 
 
 def parse_speaker_mix(text: str, spk2id: dict[str, int]) -> Timeline | None:
@@ -246,7 +247,8 @@ class Converter:
             plot = self.plot(svc, audio, sr, out, settings)
         progress(0.95, "writing the result")
         speaker_name = "spk_mix" if timeline is not None else str(speaker)
-        stem = f"{upload_stem(audio_path)}_{settings.trans:g}key_{speaker_part(speaker_name)}"
+        raw = "" if settings.cleanup else "_raw"  # inference_main.py's tag for --no_cleanup
+        stem = f"{upload_stem(audio_path)}_{settings.trans:g}key_{speaker_part(speaker_name)}{raw}"
         target = claim_result_path(prepare_results_dir(self.results_dir), f"{stem}.wav", overwrite=False)
         write_audio(target, out, svc.target_sample, subtype=None, format="wav")
         return Conversion(target, svc.target_sample, len(out) / svc.target_sample, len(audio) / sr, plot, took)
