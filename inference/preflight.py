@@ -24,7 +24,7 @@ from core.cli_types import check_device
 from core.config import HParams, load_diffusion_config, load_model_config
 from core.errors import AudioError, ConfigError, SvcError
 from core.filekind import describe_non_checkpoint
-from core.fileio import NotACheckpointError
+from core.fileio import NotACheckpointError, make_output_dir
 from core.pretrained import OTHER_PRETRAINED, require_pretrained
 from core.registry import encoder_record, f0_predictor_record
 from f0_predictor.weights import pretrained_weights
@@ -104,7 +104,7 @@ def input_path(raw_dir: Path, name: str) -> Path:
 def check_inputs(args: argparse.Namespace) -> list[InputFile]:
     """Every -n file: there, a readable audio file with samples; its -t (the list padded with its first)."""
     raw_dir = Path(args.raw_dir)
-    _make_folder(raw_dir, "--raw_dir")
+    make_output_dir(raw_dir, "--raw_dir")
     trans = list(args.trans) + [args.trans[0]] * max(len(args.clean_names) - len(args.trans), 0)
     return [InputFile(name, check_input(raw_dir, name), shift) for name, shift in zip(args.clean_names, trans)]
 
@@ -151,7 +151,7 @@ def check_input_length(n_samples: int, sr: int, model_rate: int, hop_length: int
 
 def prepare_results_dir(folder: Path) -> Path:
     """Create --results_dir if needed and prove it writable, before any conversion is computed."""
-    _make_folder(folder, "--results_dir")
+    make_output_dir(folder, "--results_dir")
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
         os.close(fd)
@@ -159,18 +159,6 @@ def prepare_results_dir(folder: Path) -> Path:
     except OSError as error:
         raise SvcError(f"--results_dir {folder} is not writable ({error.strerror or error})") from None
     return folder
-
-
-def _make_folder(folder: Path, flag: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise SvcError(f"{flag} {folder} is a file, not a folder")
-    blocking = next((parent for parent in folder.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise SvcError(f"{flag} {folder} cannot be created: {blocking} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SvcError(f"{flag} {folder} cannot be created ({error.strerror or error})") from None
 
 
 def check_output_format(wav_format: str, sample_rate: int) -> None:

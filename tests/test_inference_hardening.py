@@ -229,9 +229,9 @@ def test_lfs_pointer_as_model_is_one_line(workdir):
 # ----- 3. the results folder ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("folder, phrase", [
-    ("config.json/out", "cannot be created: config.json is a file, not a folder"),
-    ("config.json", "config.json is a file, not a folder"),
-    ("/proc/no/such/folder", "cannot be created"),
+    ("config.json/out", "cannot create folder --results_dir config.json/out: config.json is a file"),
+    ("config.json", "cannot create folder --results_dir config.json: config.json is a file"),
+    ("/proc/no/such/folder", "cannot create folder --results_dir /proc/no/such/folder: No such file or directory"),
     ("/proc", "is not writable"),
 ])
 def test_unusable_results_dir_is_refused_before_loading(workdir, folder, phrase):
