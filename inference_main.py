@@ -13,6 +13,7 @@ import argparse
 
 from core.cli_types import SLICE_DB, finite_float, int_range
 from core.errors import run_cli
+from f0_predictor.repair import F0_REPAIR_HELP
 from inference.precision import NO_CLEANUP_HELP, PRECISION_HELP, PRECISIONS
 
 MAX_TRANSPOSE = 48  # semitones: four octaves either way is beyond any voice
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="slices longer than this are cut into crossfaded clips to bound memory (0: never)")
     add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     add("--no_cleanup", action="store_true", help=NO_CLEANUP_HELP)
+    add("--f0_repair", action="store_true", help=F0_REPAIR_HELP)
+    add("--export_pitch", action="store_true",
+        help="also write <result>.pitch.csv: the f0 the conversion used (after -t), one row per model frame")
+    add("--pitch_file", default=None, metavar="FILE",
+        help="pitch for the one -n input instead of the F0 predictor: a pitch CSV (pitch.py, --export_pitch), "
+             "a .f0.npy of preprocess_hubert_f0.py or a MIDI file; used as is, so -t must be 0")
     add("--overwrite", action="store_true",
         help="replace an existing result instead of writing <name>_1.<fmt>, <name>_2.<fmt> ...")
     return p
@@ -88,6 +95,26 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                      f"-{MAX_TRANSPOSE}..{MAX_TRANSPOSE} semitones (four octaves)")
     if 0 < args.max_slice_seconds < MIN_MAX_SLICE_SECONDS or args.max_slice_seconds < 0:
         parser.error(f"--max_slice_seconds must be 0 (no limit) or at least {MIN_MAX_SLICE_SECONDS:g}")
+    if args.pitch_file is not None:
+        check_pitch_file_args(parser, args)
+    if args.export_pitch:
+        check_export_args(parser, args)
+
+
+def check_pitch_file_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A pitch file belongs to one input and already holds the shifted pitch (an exported CSV is after -t)."""
+    if len(args.clean_names) != 1:
+        parser.error(f"--pitch_file needs exactly one input -n, got {len(args.clean_names)}")
+    if any(t != 0 for t in args.trans):
+        parser.error("--pitch_file is used as is: -t must be 0 (shift the pitch in the file instead; "
+                     "an exported CSV already holds the shifted pitch)")
+    if args.auto_predict_f0:
+        parser.error("--pitch_file and -a/--auto_predict_f0 exclude each other: the model would ignore the file")
+
+
+def check_export_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.auto_predict_f0:
+        parser.error("--export_pitch and -a/--auto_predict_f0 exclude each other: the model predicts its own f0")
 
 
 def main() -> None:

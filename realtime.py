@@ -13,6 +13,7 @@ import argparse
 
 from core.cli_types import finite_float
 from core.errors import run_cli
+from f0_predictor.repair import F0_REPAIR_HELP
 from inference.precision import NO_CLEANUP_HELP, PRECISION_HELP, PRECISIONS
 
 MAX_TRANSPOSE = 48
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-d", "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     add("--no_cleanup", action="store_true", help=NO_CLEANUP_HELP)
+    add("--f0_repair", action="store_true", help=F0_REPAIR_HELP)
     add("--pretrain_dir", default="pretrain", help="folder of the pretrained encoders")
     add("--list_devices", action="store_true", help="list the audio devices and exit")
     add("--input_device", default=None, help="input device (number or name, see --list_devices)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -44,9 +44,11 @@ class F0Predictor(ABC):
     def compute_raw_f0(self, wav: np.ndarray, p_len: int) -> np.ndarray:
         """wav: mono float32 at `sampling_rate` -> f0 in Hz, shape `[p_len]`, 0 where unvoiced."""
 
-    def compute_f0_uv(self, wav: np.ndarray, p_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def compute_f0_uv(self, wav: np.ndarray, p_len: int | None = None,
+                      repair: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> (f0 `[p_len]` float64 with unvoiced frames filled by interpolation,
-        uv `[p_len]` float32, 1 voiced / 0 not). p_len defaults to len(wav) // hop_length."""
+        uv `[p_len]` float32, 1 voiced / 0 not). p_len defaults to len(wav) // hop_length.
+        `repair` (raw track -> raw track, 0 = unvoiced) runs before the interpolation (--f0_repair)."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim > 1 and sorted(wav.shape)[-2] > 1:
             raise AudioError(f"f0 prediction needs mono audio, got an array of shape {wav.shape}")
@@ -60,7 +62,7 @@ class F0Predictor(ABC):
         raw = np.asarray(self.compute_raw_f0(wav, p_len), dtype=np.float64)
         if raw.shape != (p_len,):
             raise AssertionError(f"{type(self).__name__} returned {raw.shape} frames, expected ({p_len},)")
-        return interpolate_unvoiced(raw)
+        return interpolate_unvoiced(raw if repair is None else repair(raw))
 
     def compute_f0(self, wav: np.ndarray, p_len: int | None = None) -> np.ndarray:
         return self.compute_f0_uv(wav, p_len)[0]

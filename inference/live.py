@@ -199,7 +199,8 @@ def stream_options(args: argparse.Namespace) -> ConversionOptions:
                              noice_scale=args.noice_scale, f0_predictor=args.f0_predictor,
                              f0_filter_threshold=args.f0_filter_threshold,
                              loudness_envelope_adjustment=args.loudness_envelope_adjustment,
-                             cleanup=not getattr(args, "no_cleanup", False))
+                             cleanup=not getattr(args, "no_cleanup", False),
+                             f0_repair=getattr(args, "f0_repair", False))
 
 
 def converter_factory(args: argparse.Namespace) -> Callable[[int], StreamingConverter]:

@@ -9,6 +9,8 @@ overwrites the earlier. Here that name stays the prefix and tags follow it:
     _ks<k>     shallow-diffusion depth (-shd with -ks)
     _step<n>   the So-VITS model's step, from a model file named G_<n>.pth
     _raw       no output stage (--no_cleanup): the output before DC removal and the pause gate
+    _repair    octave errors and voicing flicker of the F0 track repaired (--f0_repair)
+    _pitchfile the pitch came from a file (--pitch_file) instead of the F0 predictor
 
 Whatever the input or speaker name holds (folders, `..`, NUL, control characters, hundreds of bytes), the
 result is one plain name inside the results folder (core.outputs.safe_stem), checked again where it is claimed.
@@ -68,6 +70,10 @@ def result_tags(args: argparse.Namespace) -> list[str]:
         tags.append(f"step{step}")
     if getattr(args, "no_cleanup", False):
         tags.append("raw")
+    if getattr(args, "f0_repair", False):
+        tags.append("repair")
+    if getattr(args, "pitch_file", None):
+        tags.append("pitchfile")
     return tags
 
 

@@ -67,6 +67,7 @@ class ConversionOptions:
     max_slice_seconds: float = DEFAULT_MAX_SLICE_SECONDS  # 0: never cut a slice automatically
     seed: int = INFER_SEED               # seed of the model's random draws (prior noise, source phases)
     cleanup: bool = True                 # output stage (inference.cleanup); False: 4.1's output (with fp32)
+    f0_repair: bool = False              # fold octave errors back, remove voicing flicker (f0_predictor.repair)
 
 
 @dataclass
@@ -189,12 +190,32 @@ class Svc:
             from_config = not self.config.model.get("use_automatic_f0_prediction", True)
             raise auto_f0_refusal(NO_F0_DECODER_IN_CONFIG if from_config else NO_F0_DECODER_WEIGHTS)
 
-    def units_f0(self, wav: np.ndarray, opts: ConversionOptions, sid: int | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """wav `[N]` at the model rate -> content `[1, D, T]`, f0 `[1, T]` (shifted), uv `[1, T]`."""
+    def _f0_repair(self, opts: ConversionOptions) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The raw-track repair for --f0_repair on this model's frame grid, else None (4.1's f0)."""
+        if not opts.f0_repair:
+            return None
+        from f0_predictor.repair import repair_raw_f0
+
+        frame_seconds = self.hop_length / self.target_sample
+        return lambda raw: repair_raw_f0(raw, frame_seconds)
+
+    def predicted_f0(self, wav: np.ndarray, opts: ConversionOptions) -> tuple[np.ndarray, np.ndarray]:
+        """wav `[N]` at the model rate -> the F0 predictor's (f0 `[T]` shifted by `opts.trans`, uv `[T]`)."""
         predictor = self.f0_predictor(opts.f0_predictor, opts.f0_filter_threshold)
-        f0, uv = predictor.compute_f0_uv(wav)
-        f0 = torch.from_numpy(f0 * 2 ** (opts.trans / 12)).float()[None].to(self.device)
+        f0, uv = predictor.compute_f0_uv(wav, repair=self._f0_repair(opts))
+        return f0 * 2 ** (opts.trans / 12), uv
+
+    def units_f0(self, wav: np.ndarray, opts: ConversionOptions, sid: int | None, pitch: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """wav `[N]` at the model rate -> content `[1, D, T]`, f0 `[1, T]` (shifted), uv `[1, T]`.
+
+        `pitch` `[T', 2]` (filled f0 Hz, uv) replaces the F0 predictor and the shift: it is used as is."""
+        if pitch is None:
+            f0, uv = self.predicted_f0(wav, opts)
+        else:
+            rows = _fit_rows(pitch, len(wav) // self.hop_length)
+            f0, uv = rows[:, 0].astype(np.float64), rows[:, 1].astype(np.float32)
+        f0 = torch.from_numpy(f0).float()[None].to(self.device)
         uv = torch.from_numpy(uv).float()[None].to(self.device)
         wav16k = torch.from_numpy(resample(wav, self.target_sample, ENCODER_SR))
         with self._autocast():
@@ -216,10 +237,12 @@ class Svc:
             raise ConfigError(f"the k-means model has no codebook for speaker '{name}'")
         return kmeans_mix(units.T, self.cluster[name].to(units.device), ratio).T
 
-    def clip_inputs(self, wav: np.ndarray, opts: ConversionOptions, mix: np.ndarray | None) -> ClipInputs:
-        """Everything the synthesis of one clip `[N]` needs; `mix` is per-frame speaker weights `[T', S]`."""
+    def clip_inputs(self, wav: np.ndarray, opts: ConversionOptions, mix: np.ndarray | None,
+                    pitch: np.ndarray | None = None) -> ClipInputs:
+        """Everything the synthesis of one clip `[N]` needs; `mix` is per-frame speaker weights `[T', S]`,
+        `pitch` the clip's given (f0, uv) rows `[T', 2]` (None: the F0 predictor's)."""
         sid = None if mix is not None else self.speaker_id(opts.speaker)
-        units, f0, uv = self.units_f0(wav, opts, sid)
+        units, f0, uv = self.units_f0(wav, opts, sid, pitch)
         n_frames = f0.shape[1]
         if mix is not None:
             g = torch.from_numpy(_fit_rows(mix, n_frames)).float().to(self.device)
@@ -252,8 +275,9 @@ class Svc:
                 and opts.loudness_envelope_adjustment == 1)
 
     def convert_clip(self, wav: np.ndarray, opts: ConversionOptions, mix: np.ndarray | None = None,
-                     keep: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
-        """Convert one clip `[N]` at the model rate. `mix`: per-frame speaker weights `[T, S]` (or None).
+                     keep: tuple[int, int] | None = None, pitch: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Convert one clip `[N]` at the model rate. `mix`: per-frame speaker weights `[T, S]` (or None);
+        `pitch`: per-frame (f0, uv) `[T, 2]` used instead of the F0 predictor (or None).
         `keep` = (start, stop) samples: the caller keeps only those (the audio elsewhere may be 0). The output
         stage (`opts.cleanup`) filters the whole clip, so padding around `keep` keeps its edges out of them; where
         less than its settling time follows `keep` (a stream's newest block), its high-pass runs forwards only.
@@ -263,7 +287,7 @@ class Svc:
         wav = np.asarray(wav, dtype=np.float32)
         if len(wav) < self.hop_length:
             return np.zeros(len(wav), dtype=np.float32), 0
-        inputs = self.clip_inputs(wav, opts, mix)
+        inputs = self.clip_inputs(wav, opts, mix, pitch)
         frames = self._decoded_frames(keep, inputs.f0.shape[1], opts)
         audio, f0 = self.synthesize(inputs, wav, opts, frames)
         if self.enhancer is not None:
@@ -311,23 +335,40 @@ class Svc:
     # ----- a whole recording --------------------------------------------------------------------
 
     def convert(self, audio: np.ndarray, sr: int, opts: ConversionOptions,
-                timeline: Timeline | None = None, label: str = "") -> np.ndarray:
+                timeline: Timeline | None = None, label: str = "",
+                pitch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Convert a whole recording `[N]` at `sr`; returns float32 audio at the model rate, same duration.
 
         Inputs longer than PROGRESS_MIN_SECONDS show a progress bar (seconds of audio done) named `label`.
+        `pitch` = (f0 Hz `[T]`, voiced `[T]`) on the model's frame grid (as `recording_pitch` and
+        inference.pitch_io give it) replaces the F0 predictor and `opts.trans`: it is used as is.
         """
         self.check_options(opts)
         self.check_length(len(audio), sr, label or "the input")
         wav = resample(np.asarray(audio, dtype=np.float32), sr, self.target_sample)
         total_frames = max(len(wav) // self.hop_length, 1)
         mix = mix_weights(timeline, total_frames) if timeline is not None else None
+        track = pitch_rows(*pitch, total_frames) if pitch is not None else None
         segments = Slicer(self.target_sample, threshold_db=opts.slice_db).segments(wav)
         with self._progress_bar(len(wav), label) as bar:
-            pieces = [self._convert_part(wav, segment, opts, mix, bar) for segment in segments]
+            pieces = [self._convert_part(wav, segment, opts, mix, bar, track) for segment in segments]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
+    def recording_pitch(self, audio: np.ndarray, sr: int, opts: ConversionOptions
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The F0 predictor's pitch of a whole recording `[N]` at `sr`, shifted by `opts.trans`, on the model's
+        frame grid: (f0 Hz `[T]`, 0 where unvoiced; voiced `[T]`). Given back to `convert` as `pitch`, it is
+        the f0 that conversion uses (the predictor then runs once over the recording, not per clip)."""
+        wav = resample(np.asarray(audio, dtype=np.float32), sr, self.target_sample)
+        f0, uv = self.predicted_f0(wav, opts)
+        return np.where(uv > 0.5, f0, 0.0), uv
+
+    def frame_count(self, n_samples: int, sr: int) -> int:
+        """Model frames of `n_samples` at `sr` (within a frame of `convert`'s count, which fits a pitch to it)."""
+        return max(n_samples * self.target_sample // sr // self.hop_length, 1)
+
     def _convert_part(self, wav: np.ndarray, segment: Segment, opts: ConversionOptions, mix: np.ndarray | None,
-                      bar: tqdm) -> np.ndarray:
+                      bar: tqdm, pitch: np.ndarray | None = None) -> np.ndarray:
         """One slicer segment of `wav`: silence stays silence, a voiced segment is converted."""
         def advance(samples: int) -> None:
             bar.update(samples / self.target_sample)
@@ -335,7 +376,7 @@ class Svc:
         if segment.silent:
             advance(segment.end - segment.start)
             return np.zeros(segment.end - segment.start, dtype=np.float32)
-        return self._convert_segment(wav[segment.start:segment.end], segment.start, opts, mix, advance)
+        return self._convert_segment(wav[segment.start:segment.end], segment.start, opts, mix, advance, pitch)
 
     def _progress_bar(self, n_samples: int, label: str) -> tqdm:
         seconds = n_samples / self.target_sample
@@ -345,14 +386,15 @@ class Svc:
                                "[{elapsed}<{remaining}, {rate_fmt}]")
 
     def _convert_segment(self, wav: np.ndarray, offset: int, opts: ConversionOptions, mix: np.ndarray | None,
-                         advance: Callable[[int], None] = lambda samples: None) -> np.ndarray:
+                         advance: Callable[[int], None] = lambda samples: None,
+                         pitch: np.ndarray | None = None) -> np.ndarray:
         """A voiced segment: clips of `clip_plan` length overlapping by its overlap, crossfaded.
 
         `advance(samples)` is told how much of the segment is done after each clip.
         """
         clip, overlap = clip_plan(len(wav), self.target_sample, opts)
         if clip == 0:
-            out = self._convert_padded(wav, offset, opts, mix)
+            out = self._convert_padded(wav, offset, opts, mix, pitch)
             advance(len(wav))
             return out
         result = np.zeros(0, dtype=np.float32)
@@ -360,24 +402,28 @@ class Svc:
         while start < len(wav):
             begin = max(start - overlap, 0)
             end = min(start + clip, len(wav))
-            piece = self._convert_padded(wav[begin:end], offset + begin, opts, mix)
+            piece = self._convert_padded(wav[begin:end], offset + begin, opts, mix, pitch)
             result = crossfade_join(result, piece, start - begin, opts.linear_gradient_retain)
             advance(end - start)
             start = end
         return result
 
     def _convert_padded(self, wav: np.ndarray, offset: int, opts: ConversionOptions,
-                        mix: np.ndarray | None) -> np.ndarray:
-        """Pad `pad_seconds` of zeros each side, convert, trim the padding off; output length = input length."""
+                        mix: np.ndarray | None, pitch: np.ndarray | None = None) -> np.ndarray:
+        """Pad `pad_seconds` of zeros each side, convert, trim the padding off; output length = input length.
+
+        `mix` `[T, S]` and `pitch` `[T, 2]` cover the whole recording; the clip's rows are cut by its offset
+        (the padding takes the edge rows, unvoiced for the pitch)."""
         pad = int(opts.pad_seconds * self.target_sample)
         padded = np.pad(wav, (pad, pad))
-        piece_mix = None
-        if mix is not None:
-            first = (offset - pad) // self.hop_length
-            n = len(padded) // self.hop_length
-            rows = np.clip(np.arange(first, first + n), 0, len(mix) - 1)
-            piece_mix = mix[rows]
-        out, _ = self.convert_clip(padded, opts, piece_mix, keep=(pad, pad + len(wav)))
+        first = (offset - pad) // self.hop_length
+        frames = np.arange(first, first + len(padded) // self.hop_length)
+        piece_mix = mix[np.clip(frames, 0, len(mix) - 1)] if mix is not None else None
+        piece_pitch = None
+        if pitch is not None:
+            piece_pitch = pitch[np.clip(frames, 0, len(pitch) - 1)].copy()
+            piece_pitch[(frames < 0) | (frames >= len(pitch)), 1] = 0.0
+        out, _ = self.convert_clip(padded, opts, piece_mix, keep=(pad, pad + len(wav)), pitch=piece_pitch)
         return fit_length(out[pad:pad + len(wav)], len(wav))
 
 
@@ -429,6 +475,17 @@ def calibration_tone(seconds: float, sr: int, hop: int) -> tuple[np.ndarray, np.
     wave = sum(np.sin(k * phase) / k for k in range(1, 6)) * voiced
     frames = f0[hop // 2::hop][:n // hop] * voiced[hop // 2::hop][:n // hop]
     return (0.3 * wave / np.abs(wave).max()).astype(np.float32), frames.astype(np.float32)
+
+
+def pitch_rows(f0: np.ndarray, voiced: np.ndarray, n_frames: int) -> np.ndarray:
+    """(f0 `[T]`, voiced `[T]`) -> rows `[n_frames, 2]` of (f0 with unvoiced frames filled, uv) as the model
+    takes them (the F0 predictors' filling), the last row repeated or rows cut to fit `n_frames`."""
+    from f0_predictor.base import interpolate_unvoiced
+
+    filled, uv = interpolate_unvoiced(np.where(np.asarray(voiced) > 0.5, np.asarray(f0, dtype=np.float64), 0.0))
+    if len(filled) == 0:
+        return np.zeros((n_frames, 2))
+    return _fit_rows(np.stack([filled, uv.astype(np.float64)], axis=1), n_frames)
 
 
 def _fit_rows(mix: np.ndarray, n: int) -> np.ndarray:

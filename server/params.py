@@ -97,7 +97,8 @@ def conversion_options(fields: Mapping[str, Any], model: LoadedModel, **fixed: A
     options: dict[str, Any] = {name: number(fields, name, bounds.default, bounds.low, bounds.high)
                                for name, bounds in NUMERIC_OPTIONS.items()}
     options.update(speaker=text(fields, "speaker", model.speakers[0]), f0_predictor=f0_predictor,
-                   auto_predict_f0=flag(fields, "auto_predict_f0"), cleanup=flag(fields, "cleanup", default=True))
+                   auto_predict_f0=flag(fields, "auto_predict_f0"), cleanup=flag(fields, "cleanup", default=True),
+                   f0_repair=flag(fields, "f0_repair"))
     options.update(fixed)
     chosen = ConversionOptions(**options)
     model.svc.speaker_id(chosen.speaker)  # an unknown speaker is a 400 listing the model's speakers

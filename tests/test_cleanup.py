@@ -153,7 +153,7 @@ class DcSvc(Svc):
         self.precision, self.enhancer, self.diffusion = precision, None, None
         self.decoded: list[tuple[int, int] | None] = []
 
-    def clip_inputs(self, wav, opts, mix):
+    def clip_inputs(self, wav, opts, mix, pitch=None):
         n = len(wav) // HOP
         zeros = torch.zeros(1, n)
         return ClipInputs(torch.zeros(1, 1, n), zeros, zeros, torch.zeros(1, 1),

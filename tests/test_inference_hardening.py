@@ -136,7 +136,7 @@ class IdentitySvc(Svc):
         self.target_sample, self.hop_length, self.can_predict_f0 = SR, 512, True
         self.clip_lengths: list[int] = []
 
-    def convert_clip(self, wav, opts, mix=None, keep=None):
+    def convert_clip(self, wav, opts, mix=None, keep=None, pitch=None):
         self.clip_lengths.append(len(wav))
         return np.asarray(wav, dtype=np.float32), len(wav) // self.hop_length
 

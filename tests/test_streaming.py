@@ -93,7 +93,7 @@ class EchoSvc:
     def speaker_id(self, speaker) -> int:
         return 0
 
-    def convert_clip(self, wav, options, mix=None, keep=None):
+    def convert_clip(self, wav, options, mix=None, keep=None, pitch=None):
         self.clip_lengths.append(len(wav))
         frames = len(wav) // self.hop_length
         return wav[:frames * self.hop_length].copy(), frames
